@@ -1,0 +1,470 @@
+"""`.fractfs.toml` + environment → a validated, frozen :class:`Config`.
+
+Every error names the file (or environment variable) and the key, and is raised before anything on disk
+changes: provisioning only ever sees a Config that passed :func:`load_config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import os
+import posixpath
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.9/3.10 only
+    import tomli as tomllib
+
+log = logging.getLogger("fractfs")
+
+CONFIG_FILENAME = ".fractfs.toml"
+BACKENDS = ("volumes", "local", "s3", "databricks")
+
+
+@dataclass(frozen=True)
+class Config:
+    root: Path                       #: absolute app root (holds .fractfs.toml)
+    config_file: Optional[Path]      #: the TOML that was read, None when absent
+    backend: str                     #: canonical: volumes | local | s3 | databricks
+    volume_root: Optional[str]       #: POSIX path or URL of the durable store; None → passthrough
+    dirs_root: Optional[Path]        #: POSIX directory [dirs] symlinks point into (== volume_root on mounts)
+    sync_interval: float = 300.0
+    scratch: Path = Path("/tmp/fractfs")
+    checkpoint_subdir: str = "_checkpoint"
+    content_hash: bool = False
+    auto_ignore_bundle: bool = True
+    keep_snapshots: int = 10
+    transfers: int = 16
+    sync_mode: str = "interval"
+    grace: float = 8.0
+    dirs: tuple[str, ...] = ()               #: normalized relative POSIX paths, e.g. "data/blobs"
+    local_patterns: tuple[str, ...] = ()
+    ignore_patterns: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()           #: non-fatal findings (unknown keys, ...)
+    #: where each scalar came from, e.g. {"sync_interval": "env fractfs_SYNC_INTERVAL"}
+    sources: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def passthrough(self) -> bool:
+        """No durable store configured: no symlinks, no checkpoints."""
+        return self.volume_root is None
+
+    @property
+    def is_posix_store(self) -> bool:
+        return self.backend in ("volumes", "local") and not _is_url(self.volume_root or "")
+
+    @property
+    def checkpoint_location(self) -> Optional[str]:
+        """Path or URL of the checkpoint area (``<volume_root>/<checkpoint_subdir>``)."""
+        if self.volume_root is None:
+            return None
+        return self.volume_root.rstrip("/") + "/" + self.checkpoint_subdir
+
+    @property
+    def state_dir(self) -> Path:
+        """Node-local bookkeeping (stat cache, bundle list, staging). Lives in scratch: wiped with the node."""
+        return self.scratch / ".fractfs-state"
+
+    def replace(self, **changes: object) -> "Config":
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _is_url(value: str) -> bool:
+    return "://" in value
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+_ENV_PREFIXES = ("fractfs_", "FRACTFS_")
+#: canonical backend for every accepted spelling (the seed's names plus later upstream ones)
+_BACKEND_ALIASES = {
+    "volumes": "volumes", "volume": "volumes", "mount": "volumes", "posix": "volumes",
+    "local": "local", "s3": "s3", "fsspec": "s3", "databricks": "databricks",
+}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+#: scalar settings: TOML key → (kind, env suffixes, TOML aliases)
+_SCALARS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "backend": ("str", ("BACKEND",), ()),
+    "volume_root": ("str", ("VOLUME_ROOT", "REMOTE_ROOT"), ("remote_root",)),
+    "dirs_root": ("str", ("DIRS_ROOT",), ()),
+    "sync_interval": ("seconds", ("SYNC_INTERVAL",), ()),
+    "scratch": ("str", ("SCRATCH",), ()),
+    "checkpoint_subdir": ("str", ("CHECKPOINT_SUBDIR",), ()),
+    "content_hash": ("bool", ("CONTENT_HASH",), ()),
+    "auto_ignore_bundle": ("bool", ("AUTO_IGNORE_BUNDLE",), ()),
+    "keep_snapshots": ("int", ("KEEP_SNAPSHOTS",), ()),
+    "transfers": ("int", ("TRANSFERS",), ()),
+    "sync_mode": ("str", ("SYNC_MODE",), ()),
+    "grace": ("seconds", ("GRACE",), ()),
+}
+_TABLES = {"dirs": "paths", "local": "patterns", "ignore": "patterns"}
+_ENV_ONLY = {"ROOT"}
+
+
+def find_root(start: Optional[Path] = None) -> Path:
+    """The directory holding .fractfs.toml at or above ``start`` (default: cwd); ``start`` itself if none."""
+    here = (start or Path.cwd()).absolute()
+    for candidate in (here, *here.parents):
+        if (candidate / CONFIG_FILENAME).is_file():
+            return candidate
+    return here
+
+
+def _env_lookup(env: Mapping[str, str], suffix: str) -> Optional[tuple[str, str]]:
+    """(variable name, value) for ``fractfs_<suffix>``/``FRACTFS_<suffix>``; both set and different → error."""
+    found = [(p + suffix, env[p + suffix]) for p in _ENV_PREFIXES if p + suffix in env]
+    if len(found) == 2 and found[0][1] != found[1][1]:
+        raise ConfigError(
+            f"environment variables {found[0][0]}={found[0][1]!r} and {found[1][0]}={found[1][1]!r} disagree; "
+            "set only one of them"
+        )
+    return found[0] if found else None
+
+
+def _coerce(kind: str, value: object, where: str) -> object:
+    """Check/convert one scalar; ``where`` names the file+key or the env var for the error."""
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{where} = {value!r}: expected true or false")
+    if kind in ("int", "seconds"):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} = {value!r}: expected a number")
+        if isinstance(value, str):
+            try:
+                value = float(value.strip()) if kind == "seconds" else int(value.strip())
+            except ValueError:
+                unit = "a number of seconds" if kind == "seconds" else "a whole number"
+                raise ConfigError(f"{where} = {value!r}: expected {unit}") from None
+        if kind == "int" and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if kind == "int" and not isinstance(value, int):
+            raise ConfigError(f"{where} = {value!r}: expected a whole number")
+        if not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{where} = {value!r}: expected a finite number")
+        return float(value) if kind == "seconds" else value
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} = {value!r}: expected a string, got {type(value).__name__}")
+    if "\x00" in value:
+        raise ConfigError(f"{where}: contains a NUL character")
+    return value
+
+
+def _suggest(key: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 at byte {exc.start}; save the file as UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _check_relpath(value: str, where: str) -> str:
+    if not value or not value.strip():
+        raise ConfigError(f"{where} is empty; give a directory relative to the app root, e.g. 'data/blobs'")
+    if "\x00" in value:
+        raise ConfigError(f"{where} = {value!r} contains a NUL character")
+    if value.startswith("/") or value.startswith("~") or (len(value) > 1 and value[1] == ":"):
+        raise ConfigError(f"{where} = {value!r} is absolute; [dirs] paths are relative to the app root")
+    norm = posixpath.normpath(value)
+    if norm == ".":
+        raise ConfigError(f"{where} = {value!r} is the app root itself; name a subdirectory")
+    if norm == ".." or norm.startswith("../") or ".." in value.split("/"):
+        raise ConfigError(f"{where} = {value!r} escapes the app root ('..'); use a path inside the root")
+    for part in norm.split("/"):
+        if len(part.encode("utf-8", "surrogateescape")) > 255:
+            raise ConfigError(f"{where}: path component {part[:40]!r}... is longer than 255 bytes")
+    if len(norm.encode("utf-8", "surrogateescape")) > 3000:
+        raise ConfigError(f"{where}: path is too long ({len(norm)} characters)")
+    return norm
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _real(path: Path) -> Path:
+    # resolve() follows symlinks that exist and leaves the rest lexical; good enough to compare locations
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))
+
+
+def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, str]] = None) -> Config:
+    """Read and validate the configuration. Raises ConfigError naming the file/variable and key."""
+    env = os.environ if env is None else env
+    sources: dict[str, str] = {}
+    warnings: list[str] = []
+
+    if root is not None:
+        root_path = Path(root).expanduser()
+        sources["root"] = "init(root=...)"
+    else:
+        hit = _env_lookup(env, "ROOT")
+        if hit:
+            if not hit[1].strip():
+                raise ConfigError(f"environment variable {hit[0]} is empty; set it to the app root directory")
+            root_path = Path(hit[1]).expanduser()
+            sources["root"] = f"env {hit[0]}"
+        else:
+            root_path = find_root()
+            sources["root"] = "current directory"
+    root_path = Path(os.path.abspath(root_path))
+    if not root_path.is_dir():
+        raise ConfigError(f"app root {root_path} ({sources['root']}) is not a directory")
+
+    cfg_file: Optional[Path] = root_path / CONFIG_FILENAME
+    assert cfg_file is not None
+    data: dict[str, Any] = _read_toml(cfg_file) if cfg_file.is_file() else {}
+    if not cfg_file.is_file():
+        cfg_file = None
+    fname = str(cfg_file) if cfg_file else CONFIG_FILENAME
+
+    # -- unknown keys warn (a typo like [dir] must not pass silently)
+    scalar_keys = set(_SCALARS) | {a for _k, (_t, _e, al) in _SCALARS.items() for a in al}
+    for key, value in data.items():
+        if key in _TABLES:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{fname}: [{key}] must be a table with a '{_TABLES[key]}' list, "
+                                  f"got {type(value).__name__}")
+            for sub in value:
+                if sub != _TABLES[key]:
+                    warnings.append(f"{fname}: unknown key [{key}].{sub} ignored"
+                                    f"{_suggest(sub, [_TABLES[key]])}")
+        elif key not in scalar_keys:
+            warnings.append(f"{fname}: unknown key {key!r} ignored"
+                            f"{_suggest(key, sorted(scalar_keys | set(_TABLES)))}")
+    known_env = {s for _k, (_t, sufs, _a) in _SCALARS.items() for s in sufs} | _ENV_ONLY
+    for name in env:
+        for prefix in _ENV_PREFIXES:
+            if name.startswith(prefix) and name[len(prefix):] not in known_env:
+                warnings.append(f"environment variable {name} is not a fractfs setting and is ignored"
+                                f"{_suggest(name[len(prefix):], sorted(known_env))}")
+
+    # -- scalars: TOML, then env overrides
+    values: dict[str, object] = {}
+    for key, (kind, suffixes, aliases) in _SCALARS.items():
+        for spelling in (key, *aliases):
+            if spelling in data:
+                if key in values:
+                    raise ConfigError(f"{fname}: both {key!r} and {spelling!r} are set; keep one")
+                values[key] = _coerce(kind, data[spelling], f"{fname}: {spelling}")
+                sources[key] = f"{fname}: {spelling}"
+        env_hits = [h for h in (_env_lookup(env, s) for s in suffixes) if h]
+        if len({h[1] for h in env_hits}) > 1:
+            raise ConfigError("environment variables " + " and ".join(f"{n}={v!r}" for n, v in env_hits)
+                              + " disagree; set only one of them")
+        if env_hits:
+            name, raw = env_hits[0]
+            values[key] = _coerce(kind, raw, f"environment variable {name}")
+            sources[key] = f"env {name}"
+
+    def where(key: str) -> str:
+        return sources.get(key, key)
+
+    # -- backend + volume root
+    volume_root = values.get("volume_root")
+    assert volume_root is None or isinstance(volume_root, str)
+    if volume_root is not None and not volume_root.strip():
+        volume_root = None  # an empty variable means "not configured": passthrough
+    raw_backend = values.get("backend")
+    backend: str
+    if raw_backend is None or (isinstance(raw_backend, str) and not raw_backend.strip()):
+        if volume_root and _is_url(volume_root) and not volume_root.startswith("file://"):
+            backend = "s3"
+        elif volume_root and volume_root.startswith("/Volumes/"):
+            backend = "volumes"
+        else:
+            backend = "local"
+    else:
+        assert isinstance(raw_backend, str)
+        canon = _BACKEND_ALIASES.get(raw_backend.strip().lower())
+        if canon is None:
+            raise ConfigError(f"{where('backend')} = {raw_backend!r} is not a backend; use one of "
+                              "volumes, s3, local (also accepted: mount, fsspec, databricks)")
+        backend = canon
+
+    if volume_root is not None:
+        if volume_root.startswith("file://"):
+            volume_root = volume_root[len("file://"):]
+        if backend in ("volumes", "local"):
+            if _is_url(volume_root):
+                raise ConfigError(f"{where('volume_root')} = {volume_root!r} is a URL but backend is "
+                                  f"{backend!r}; set backend = \"s3\" (fsspec) or give a mounted path")
+            vol_path = Path(volume_root).expanduser()
+            if not vol_path.is_absolute():
+                vol_path = root_path / vol_path
+            volume_root = os.path.abspath(vol_path)
+        elif backend == "s3":
+            if not _is_url(volume_root):
+                raise ConfigError(f"{where('volume_root')} = {volume_root!r}: backend 's3' needs a URL such "
+                                  "as s3://bucket/prefix (for a mounted path use backend = \"volumes\")")
+        elif backend == "databricks":
+            if not volume_root.startswith("/Volumes/"):
+                raise ConfigError(f"{where('volume_root')} = {volume_root!r}: backend 'databricks' needs a "
+                                  "path /Volumes/<catalog>/<schema>/<volume>[/...]")
+
+    # -- scratch
+    scratch_raw = values.get("scratch")
+    assert scratch_raw is None or isinstance(scratch_raw, str)
+    if scratch_raw is not None and not scratch_raw.strip():
+        raise ConfigError(f"{where('scratch')} is empty; give a node-local directory such as /tmp/fractfs")
+    scratch = Path(scratch_raw or "/tmp/fractfs").expanduser()
+    if not scratch.is_absolute():
+        scratch = root_path / scratch
+    scratch = Path(os.path.abspath(scratch))
+
+    # -- checkpoint subdir: one plain relative name below the Volume root
+    sub = values.get("checkpoint_subdir", "_checkpoint")
+    assert isinstance(sub, str)
+    sub_norm = posixpath.normpath(sub.strip()) if sub.strip() else ""
+    if not sub_norm or sub_norm in (".", "..") or sub_norm.startswith("/") or ".." in sub_norm.split("/"):
+        raise ConfigError(f"{where('checkpoint_subdir')} = {sub!r}: must be a relative directory name inside "
+                          "the Volume, e.g. '_checkpoint'")
+
+    # -- numbers and enums
+    sync_interval = float(values.get("sync_interval", 300.0))  # type: ignore[arg-type]
+    if sync_interval <= 0:
+        raise ConfigError(f"{where('sync_interval')} = {sync_interval:g}: must be a positive number of seconds")
+    grace = float(values.get("grace", 8.0))  # type: ignore[arg-type]
+    if grace <= 0:
+        raise ConfigError(f"{where('grace')} = {grace:g}: must be a positive number of seconds")
+    keep = values.get("keep_snapshots", 10)
+    assert isinstance(keep, int)
+    if keep < 1:
+        raise ConfigError(f"{where('keep_snapshots')} = {keep}: keep at least 1 snapshot")
+    transfers = values.get("transfers", 16)
+    assert isinstance(transfers, int)
+    if not 1 <= transfers <= 256:
+        raise ConfigError(f"{where('transfers')} = {transfers}: must be between 1 and 256")
+    sync_mode = str(values.get("sync_mode", "interval")).strip().lower()
+    if sync_mode not in ("interval", "watch"):
+        raise ConfigError(f"{where('sync_mode')} = {values.get('sync_mode')!r}: use 'interval' or 'watch'")
+
+    # -- tables
+    def string_list(table: str) -> tuple[str, ...]:
+        section = data.get(table, {})
+        key = _TABLES[table]
+        if key not in section:
+            return ()
+        items = section[key]
+        if not isinstance(items, list):
+            raise ConfigError(f"{fname}: [{table}].{key} must be a list of strings, e.g. {key} = [\"...\"], "
+                              f"got {type(items).__name__} {items!r}")
+        for i, item in enumerate(items):
+            if not isinstance(item, str):
+                raise ConfigError(f"{fname}: [{table}].{key}[{i}] = {item!r} must be a string")
+            if "\x00" in item:
+                raise ConfigError(f"{fname}: [{table}].{key}[{i}] contains a NUL character")
+        return tuple(items)
+
+    dirs_raw = string_list("dirs")
+    dirs: list[str] = []
+    for i, item in enumerate(dirs_raw):
+        norm = _check_relpath(item, f"{fname}: [dirs].paths[{i}]")
+        for j, other in enumerate(dirs):
+            if norm == other or norm.startswith(other + "/") or other.startswith(norm + "/"):
+                raise ConfigError(f"{fname}: [dirs].paths[{i}] = {item!r} overlaps [dirs].paths[{j}] = "
+                                  f"{dirs_raw[j]!r}; [dirs] entries must not contain one another")
+        first = norm.split("/")[0]
+        if first == sub_norm.split("/")[0]:
+            raise ConfigError(f"{fname}: [dirs].paths[{i}] = {item!r} collides with the checkpoint area "
+                              f"{sub_norm!r} on the Volume; rename the directory or set checkpoint_subdir")
+        if norm == CONFIG_FILENAME:
+            raise ConfigError(f"{fname}: [dirs].paths[{i}] names the config file itself")
+        dirs.append(norm)
+    for table in ("local", "ignore"):
+        for i, pat in enumerate(string_list(table)):
+            if not pat.strip():
+                raise ConfigError(f"{fname}: [{table}].patterns[{i}] is empty; remove it")
+
+    # -- where [dirs] land
+    dirs_root_raw = values.get("dirs_root")
+    dirs_root: Optional[Path] = None
+    if isinstance(dirs_root_raw, str) and dirs_root_raw.strip():
+        if _is_url(dirs_root_raw):
+            raise ConfigError(f"{where('dirs_root')} = {dirs_root_raw!r}: must be a mounted POSIX path")
+        dirs_root = Path(os.path.abspath(Path(dirs_root_raw).expanduser()))
+    elif volume_root is not None and backend in ("volumes", "local"):
+        dirs_root = Path(volume_root)
+    if dirs and volume_root is not None and dirs_root is None:
+        raise ConfigError(
+            f"{fname}: [dirs].paths needs a POSIX path for the Volume, but backend {backend!r} with "
+            f"volume_root {volume_root!r} has none. Mount the store (e.g. /Volumes/..., rclone or mountpoint-s3) "
+            "and set dirs_root (env fractfs_DIRS_ROOT) to the mount, or remove [dirs] to use checkpoints only"
+        )
+
+    # -- locations must not nest in ways that loop data back on itself
+    root_real = _real(root_path)
+    if volume_root is not None and backend in ("volumes", "local"):
+        vol_real = _real(Path(volume_root))
+        if _inside(vol_real, root_real):
+            raise ConfigError(f"{where('volume_root')} = {volume_root!r} is inside the app root {root_path}; "
+                              "the Volume must be outside the tree it stores")
+        if _inside(root_real, vol_real):
+            raise ConfigError(f"{where('volume_root')} = {volume_root!r} contains the app root {root_path}; "
+                              "the app root must be node-local, outside the Volume")
+        if _inside(_real(scratch), vol_real):
+            raise ConfigError(f"{where('scratch')} = {str(scratch)!r} is inside the Volume {volume_root}; "
+                              "scratch must be node-local")
+    if dirs_root is not None and _inside(_real(dirs_root), root_real):
+        raise ConfigError(f"{where('dirs_root')} = {str(dirs_root)!r} is inside the app root {root_path}")
+    if dirs_root is not None and _inside(_real(scratch), _real(dirs_root)):
+        raise ConfigError(f"{where('scratch')} = {str(scratch)!r} is inside the Volume {dirs_root}; "
+                          "scratch must be node-local")
+    for d in dirs:
+        if _inside(scratch, root_path / d) or _inside(_real(scratch), _real(root_path / d)):
+            raise ConfigError(f"{where('scratch')} = {str(scratch)!r} is inside the [dirs] directory {d!r}, "
+                              "which lives on the Volume; scratch must be node-local")
+    if _inside(root_real, _real(scratch)):
+        raise ConfigError(f"{where('scratch')} = {str(scratch)!r} contains the app root {root_path}; "
+                          "use a dedicated directory")
+
+    for w in warnings:
+        log.warning("%s", w)
+
+    return Config(
+        root=root_path,
+        config_file=cfg_file,
+        backend=backend,
+        volume_root=volume_root,
+        dirs_root=dirs_root,
+        sync_interval=sync_interval,
+        scratch=scratch,
+        checkpoint_subdir=sub_norm,
+        content_hash=bool(values.get("content_hash", False)),
+        auto_ignore_bundle=bool(values.get("auto_ignore_bundle", True)),
+        keep_snapshots=keep,
+        transfers=transfers,
+        sync_mode=sync_mode,
+        grace=grace,
+        dirs=tuple(dirs),
+        local_patterns=string_list("local"),
+        ignore_patterns=string_list("ignore"),
+        warnings=tuple(warnings),
+        sources=sources,
+    )

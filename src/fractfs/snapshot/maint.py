@@ -1,0 +1,263 @@
+"""Looking after the store: list snapshots, the newest snapshot's paths, prune, verify."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import CorruptCheckpointError, FractfsError, StoreError, StoreNotFound
+from ..stores.base import Store
+from . import catalog
+from .format import (
+    DIR,
+    FILE,
+    OBJECTS,
+    PACKS,
+    Entry,
+    Manifest,
+    SnapName,
+    UnknownFormatError,
+    blob_id_from_key,
+    object_key,
+    pack_key,
+    parse_snapshot_key,
+)
+
+log = logging.getLogger("fractfs")
+
+
+@dataclass
+class SnapshotInfo:
+    id: str
+    seq: int
+    #: Creation time, seconds since the epoch (None when the manifest is unreadable).
+    time: float | None
+    files: int
+    bytes: int
+    node: str
+    parent: str | None
+    valid: bool
+    error: str | None = None
+
+
+def list_snapshots(store: Store) -> list[SnapshotInfo]:
+    """Every snapshot on the store, oldest first, each loaded and verified (``valid`` False when damaged)."""
+    out = []
+    for name in catalog.list_names(store):
+        try:
+            m = catalog.load(store, name)
+        except CorruptCheckpointError as exc:
+            out.append(SnapshotInfo(name.id, name.seq, None, 0, 0, "", None, False, str(exc)))
+            continue
+        out.append(SnapshotInfo(name.id, name.seq, m.created_ns / 1e9, m.file_count, m.byte_count, m.node,
+                                m.parent, True))
+    return out
+
+
+def latest_paths(store: Store, *, include_dirs: bool = False) -> set[tuple[str, str]]:
+    """``(area, relpath)`` of every file and symlink (and directory, if asked) in the newest valid snapshot."""
+    m, _ = catalog.newest_valid(store)
+    if m is None:
+        return set()
+    return {(e.area, e.path) for e in m.entries if include_dirs or e.type != DIR}
+
+
+@dataclass
+class PruneResult:
+    kept: list[str] = field(default_factory=list)
+    deleted_snapshots: list[str] = field(default_factory=list)
+    #: Damaged manifests left in place (newer than the oldest kept one; reported, not deleted).
+    damaged: list[str] = field(default_factory=list)
+    deleted_blobs: list[str] = field(default_factory=list)
+    freed_bytes: int = 0
+    referenced_blobs: int = 0
+    dry_run: bool = False
+
+
+def prune(store: Store, keep: int, dry_run: bool = False) -> PruneResult:
+    """Delete all but the newest ``keep`` valid snapshots, then every pack/object none of the kept ones uses.
+
+    Must not run while a checkpoint is writing to the same store (its new blobs are not referenced until its
+    manifest lands). Refuses to delete any blob when a kept-range manifest has a format version this code
+    does not know, since its references cannot be read.
+    """
+    if keep < 1:
+        raise FractfsError(f"prune: keep={keep}: keep at least 1 snapshot")
+    res = PruneResult(dry_run=dry_run)
+    names = catalog.list_names(store)
+    kept: list[Manifest] = []
+    drop: list[SnapName] = []
+    for name in reversed(names):
+        if len(kept) >= keep:
+            drop.append(name)
+            continue
+        try:
+            kept.append(catalog.load(store, name))
+        except UnknownFormatError as exc:
+            raise FractfsError(f"prune refused: {exc}") from None
+        except CorruptCheckpointError as exc:
+            log.error("fractfs: prune: snapshot %s is damaged and is not counted: %s", name.id, exc)
+            res.damaged.append(name.id)
+    res.kept = [m.id for m in reversed(kept) if m.id]
+    referenced: set[str] = set()
+    for m in kept:
+        for e in m.entries:
+            if e.type == FILE:
+                if e.pack:
+                    referenced.add(e.pack)
+                elif e.object:
+                    referenced.add(e.object)
+    res.referenced_blobs = len(referenced)
+    for name in sorted(drop):
+        res.deleted_snapshots.append(name.id)
+        if not dry_run:
+            store.delete(name.key)
+    if kept:
+        # damaged manifests older than everything we keep are garbage; newer ones are left for a human
+        oldest = min(m.name for m in kept if m.name is not None)
+        for sid in list(res.damaged):
+            n = parse_snapshot_key(f"snapshots/{sid}.json.gz")
+            if n is not None and n < oldest:
+                res.damaged.remove(sid)
+                res.deleted_snapshots.append(sid)
+                if not dry_run:
+                    store.delete(n.key)
+    elif names:
+        log.error("fractfs: prune: no valid snapshot on the store; not deleting any blob")
+        return res
+    for prefix in (PACKS, OBJECTS):
+        for key, size in store.list(prefix):
+            bid = blob_id_from_key(key)
+            if bid is None or bid in referenced:
+                continue
+            res.deleted_blobs.append(key)
+            res.freed_bytes += size
+            if not dry_run:
+                store.delete(key)
+    res.deleted_blobs.sort()
+    log.info("fractfs: prune%s: kept %d snapshots, removed %d snapshots and %d blobs (%d bytes)",
+             " (dry run)" if dry_run else "", len(res.kept), len(res.deleted_snapshots),
+             len(res.deleted_blobs), res.freed_bytes)
+    return res
+
+
+@dataclass
+class VerifyResult:
+    snapshots: list[str] = field(default_factory=list)
+    #: Snapshots that failed to load (damaged manifest).
+    invalid_snapshots: list[str] = field(default_factory=list)
+    files_checked: int = 0
+    bytes_checked: int = 0
+    #: ``"<snapshot id> area:path: reason"`` for every file whose stored bytes are missing or wrong.
+    damaged_files: list[str] = field(default_factory=list)
+    #: Blob keys that are missing or whose bytes do not hash to their name.
+    bad_blobs: list[str] = field(default_factory=list)
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.invalid_snapshots or self.damaged_files or self.bad_blobs)
+
+
+def verify(store: Store, snapshot_id: str | None = None, *, transfers: int = 8) -> VerifyResult:
+    """Read back and hash everything a snapshot references: ``None`` = the newest valid one, ``"all"`` =
+    every snapshot, else one id (full, sequence number or unique hash prefix)."""
+    t0 = time.monotonic()
+    res = VerifyResult()
+    names = catalog.list_names(store)
+    manifests: list[Manifest] = []
+    if snapshot_id == "all":
+        for name in names:
+            try:
+                manifests.append(catalog.load(store, name))
+            except CorruptCheckpointError as exc:
+                res.invalid_snapshots.append(f"{name.id}: {exc}")
+    elif snapshot_id:
+        name = catalog.resolve_id(names, snapshot_id)
+        try:
+            manifests.append(catalog.load(store, name))
+        except CorruptCheckpointError as exc:
+            res.invalid_snapshots.append(f"{name.id}: {exc}")
+    else:
+        m, damaged = catalog.newest_valid(store, names)
+        res.invalid_snapshots.extend(damaged)
+        if m is not None:
+            manifests.append(m)
+    res.snapshots = [m.id for m in manifests if m.id]
+
+    # blob id → [(snapshot id, entry)]
+    uses: dict[str, list[tuple[str, Entry]]] = {}
+    for m in manifests:
+        for e in m.entries:
+            if e.type == FILE and (e.pack or e.object):
+                uses.setdefault(e.pack or e.object, []).append((m.id or "", e))
+            elif e.type == FILE:
+                res.files_checked += 1  # empty file: nothing stored, sha256 checked by the format
+        for msg in m.bad:
+            res.damaged_files.append(f"{m.id} {msg}")
+
+    def check(bid: str, users: list[tuple[str, Entry]]) -> tuple[list[str], list[str], int, int]:
+        bad_files: list[str] = []
+        bad_blobs: list[str] = []
+        first = users[0][1]
+        key = pack_key(bid) if first.pack else object_key(bid)
+        nfiles = 0
+        nbytes = 0
+        try:
+            if first.pack:
+                data = store.get(key)
+                if hashlib.sha256(data).hexdigest() != bid:
+                    bad_blobs.append(key)
+                for sid, e in users:
+                    chunk = data[e.offset:e.offset + e.size]
+                    nfiles += 1
+                    nbytes += e.size
+                    if len(chunk) != e.size or hashlib.sha256(chunk).hexdigest() != e.sha256:
+                        bad_files.append(f"{sid} {e.label}: bytes in {key} do not match its sha256")
+            else:
+                with tempfile.TemporaryDirectory(prefix="fractfs-verify-") as td:
+                    tmp = Path(td) / "obj"
+                    store.get_file(key, tmp)
+                    h = hashlib.sha256()
+                    with open(tmp, "rb") as f:
+                        for b in iter(lambda: f.read(1 << 20), b""):
+                            h.update(b)
+                    ok = h.hexdigest() == bid
+                    size = os.path.getsize(tmp)
+                if not ok:
+                    bad_blobs.append(key)
+                for sid, e in users:
+                    nfiles += 1
+                    nbytes += e.size
+                    if not ok or size != e.size:
+                        bad_files.append(f"{sid} {e.label}: object {key} does not match its sha256")
+        except StoreNotFound:
+            bad_blobs.append(key)
+            for sid, e in users:
+                assert isinstance(e, Entry)
+                bad_files.append(f"{sid} {e.label}: {key} is missing")
+        except StoreError as exc:
+            bad_blobs.append(key)
+            for sid, e in users:
+                assert isinstance(e, Entry)
+                bad_files.append(f"{sid} {e.label}: cannot read {key}: {exc}")
+        return bad_files, bad_blobs, nfiles, nbytes
+
+    with ThreadPoolExecutor(max_workers=max(1, transfers), thread_name_prefix="fractfs-verify") as pool:
+        results = list(pool.map(lambda kv: check(*kv), sorted(uses.items())))
+    for bad_files, bad_blobs, nfiles, nbytes in results:
+        res.damaged_files.extend(bad_files)
+        res.bad_blobs.extend(bad_blobs)
+        res.files_checked += nfiles
+        res.bytes_checked += nbytes
+    res.damaged_files.sort()
+    res.bad_blobs.sort()
+    for msg in res.damaged_files:
+        log.error("fractfs: verify: %s", msg)
+    res.duration = time.monotonic() - t0
+    return res

@@ -1,0 +1,231 @@
+"""Walking the areas and the node-local stat cache that makes an unchanged tree cheap to checkpoint.
+
+The walk records one tuple per wanted entry: ``(relpath, st_mode, st_size, st_mtime_ns, st_ino, st_ctime_ns)``
+(directories carry only their mode, the rest zero, because a directory's mtime changes whenever anything in it
+does, including files the caller does not want). A no-op checkpoint hashes that list and compares it with the
+digest saved after the last successful checkpoint, so it never has to load the per-file cache at all.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import marshal
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger("fractfs")
+
+#: The caller's selection: ``want(area, relpath, is_dir)``. False on a directory prunes the whole subtree.
+Want = Callable[[str, str, bool], bool]
+
+#: Prefix of the temporary files restore writes next to their final name. The walk never records them: one left
+#: behind by a crash mid-restore is not app state.
+TMP_PREFIX = ".fractfs-tmp-"
+
+_S_IFMT = 0o170000
+S_IFREG = 0o100000
+S_IFLNK = 0o120000
+S_IFDIR = 0o040000
+
+#: (relpath, st_mode, st_size, st_mtime_ns, st_ino, st_ctime_ns)
+Rec = tuple[str, int, int, int, int, int]
+
+
+@dataclass
+class WalkResult:
+    records: dict[str, list[Rec]] = field(default_factory=dict)
+    #: Per area: paths that could not be listed or stat'ed ("" = the whole area, "x/" = a subtree). Whatever
+    #: the previous snapshot had under them is carried forward: unreadable must never look like deleted.
+    trouble: dict[str, list[str]] = field(default_factory=dict)
+
+
+def walk(areas: dict[str, Path], want: Want, exclude: frozenset[str]) -> WalkResult:
+    res = WalkResult()
+    for area in sorted(areas):
+        recs: list[Rec] = []
+        trouble: list[str] = []
+        _walk_area(area, os.fspath(areas[area]), want, exclude, recs, trouble)
+        res.records[area] = recs
+        res.trouble[area] = trouble
+    return res
+
+
+def _walk_area(area: str, top: str, want: Want, exclude: frozenset[str], out: list[Rec],
+               trouble: list[str]) -> None:
+    # Written flat and with local names on purpose: this loop is the whole cost of a no-op checkpoint.
+    app = out.append
+    stack: list[tuple[str, str]] = [("", top)]
+    while stack:
+        prefix, dirpath = stack.pop()
+        try:
+            it = os.scandir(dirpath)
+        except FileNotFoundError:
+            if prefix:
+                continue  # removed since its parent was listed: its contents are gone too
+            log.debug("area %s: root %s does not exist", area, top)
+            trouble.append("")
+            continue
+        except OSError as exc:
+            log.warning("fractfs: cannot list %s (%s); keeping its previous checkpoint state", dirpath, exc)
+            trouble.append(prefix)
+            continue
+        with it:
+            for e in it:
+                name = e.name
+                if name.startswith(TMP_PREFIX):
+                    continue
+                rel = prefix + name
+                is_dir = False
+                try:
+                    is_dir = e.is_dir(follow_symlinks=False)
+                    if not want(area, rel, is_dir):
+                        continue
+                    if is_dir:
+                        if e.path in exclude:
+                            continue
+                        app((rel, e.stat(follow_symlinks=False).st_mode, 0, 0, 0, 0))
+                        stack.append((rel + "/", e.path))
+                        continue
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    log.warning("fractfs: cannot stat %s (%s); keeping its previous checkpoint state", e.path, exc)
+                    trouble.append(rel + "/" if is_dir else rel)
+                    continue
+                fmt = st.st_mode & _S_IFMT
+                if fmt != S_IFREG and fmt != S_IFLNK:
+                    continue  # sockets, fifos, devices: not app data we can restore
+                app((rel, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+
+
+def sidecar_facts(path: str) -> tuple[tuple[int, int, int, int], ...]:
+    """Stat signature of a SQLite db's -wal and -journal: a WAL db's main file can stay untouched while its
+    -wal grows by whole transactions, so the db counts as changed when these do. (-shm is only an index.)"""
+    out = []
+    for suffix in ("-wal", "-journal"):
+        try:
+            st = os.lstat(path + suffix)
+        except OSError:
+            out.append((0, 0, 0, 0))
+            continue
+        out.append((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+    return tuple(out)
+
+
+def walk_digest(areas: dict[str, Path], walked: WalkResult, side: list[tuple[str, str, Any]]) -> str:
+    """Fingerprint of everything a checkpoint's change detection looks at.
+
+    ``side`` holds ``(area, relpath, sidecar_facts)`` for every SQLite database: when saving, the facts seen
+    *before* each database was copied (so a commit during the copy still shows up as a change next time);
+    when checking, fresh ones.
+    """
+    payload = (
+        1,
+        sorted((a, os.fspath(p)) for a, p in areas.items()),
+        sorted(walked.records.items()),
+        sorted(walked.trouble.items()),
+        sorted(side),
+    )
+    # marshal version 2 has no back-references, so equal data always serializes to equal bytes
+    return hashlib.sha256(marshal.dumps(payload, 2)).hexdigest()
+
+
+def fresh_side(areas: dict[str, Path], dbs: list[tuple[str, str]]) -> list[tuple[str, str, Any]]:
+    return [(a, r, sidecar_facts(os.path.join(os.fspath(areas[a]), r))) for a, r in dbs if a in areas]
+
+
+# -- the stat cache ---------------------------------------------------------------------------------------
+#
+# File: one JSON header line, then a marshal payload: {area: {relpath: CacheRow}}. The header alone answers
+# "did anything change?" together with the walk digest; the payload is read only when something did.
+# marshal is fast and cannot execute code, but is not meant for damaged input, so the payload is checked
+# against the sha256 in the header first. No fsync: a cache lost to a crash only costs re-hashing.
+
+CACHE_FILE = "statcache.v1"
+CACHE_MAGIC = "fractfs-statcache"
+
+# (type, mode, size, mtime_ns, sha256, pack, offset, object, target, sqlite, facts, side)
+#   facts: the walk tuple minus the path, as seen when the entry was captured, or None when the entry must be
+#          re-read next time (it was busy, racy, or carried forward).
+#   side:  sidecar_facts() for SQLite dbs, else None.
+CacheRow = tuple[Any, ...]
+
+
+@dataclass
+class CacheHeader:
+    snapshot: str | None = None
+    #: Byte size of that manifest as written, compared with the store listing.
+    snapshot_size: int | None = None
+    digest: str | None = None
+    sqlite: list[tuple[str, str]] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+    payload_sha256: str = ""
+
+
+def read_header(state_dir: Path) -> tuple[CacheHeader | None, int]:
+    """The cache header and the byte offset of the payload, or (None, 0) when absent or unreadable."""
+    try:
+        with open(state_dir / CACHE_FILE, "rb") as f:
+            line = f.readline(1 << 20)
+            doc = json.loads(line)
+            if not isinstance(doc, dict) or doc.get("magic") != CACHE_MAGIC or doc.get("v") != 1:
+                raise ValueError("unknown stat cache format")
+            hdr = CacheHeader(
+                snapshot=doc.get("snapshot"), snapshot_size=doc.get("snapshot_size"), digest=doc.get("digest"),
+                sqlite=[(str(a), str(r)) for a, r in doc.get("sqlite", [])],
+                files=int(doc.get("files", 0)), bytes=int(doc.get("bytes", 0)),
+                payload_sha256=str(doc.get("payload_sha256", "")),
+            )
+            return hdr, len(line)
+    except FileNotFoundError:
+        return None, 0
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("fractfs: ignoring unreadable stat cache %s (%s); files will be re-hashed",
+                    state_dir / CACHE_FILE, exc)
+        return None, 0
+
+
+def read_rows(state_dir: Path, hdr: CacheHeader, offset: int) -> dict[str, dict[str, CacheRow]] | None:
+    """The per-file rows, or None when the payload is missing or damaged."""
+    try:
+        with open(state_dir / CACHE_FILE, "rb") as f:
+            f.seek(offset)
+            payload = f.read()
+        if hashlib.sha256(payload).hexdigest() != hdr.payload_sha256:
+            raise ValueError("payload checksum mismatch")
+        rows = marshal.loads(payload)
+        if not isinstance(rows, dict):
+            raise ValueError("payload is not a mapping")  # noqa: TRY004 - caught right below, never escapes
+        return rows
+    except (OSError, ValueError, EOFError, TypeError) as exc:
+        log.warning("fractfs: ignoring damaged stat cache %s (%s); files will be re-hashed",
+                    state_dir / CACHE_FILE, exc)
+        return None
+
+
+def write_cache(state_dir: Path, hdr: CacheHeader, rows: dict[str, dict[str, CacheRow]]) -> None:
+    payload = marshal.dumps(rows, 4)
+    hdr.payload_sha256 = hashlib.sha256(payload).hexdigest()
+    head = json.dumps({
+        "magic": CACHE_MAGIC, "v": 1, "snapshot": hdr.snapshot, "snapshot_size": hdr.snapshot_size,
+        "digest": hdr.digest,
+        "sqlite": [list(x) for x in hdr.sqlite], "files": hdr.files, "bytes": hdr.bytes,
+        "payload_sha256": hdr.payload_sha256,
+    }, separators=(",", ":")).encode() + b"\n"
+    tmp = state_dir / f"{CACHE_FILE}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(head)
+        f.write(payload)
+    os.replace(tmp, state_dir / CACHE_FILE)
+
+
+def drop_cache(state_dir: Path) -> None:
+    try:
+        os.unlink(state_dir / CACHE_FILE)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,104 @@
+"""The one small storage protocol every backend implements.
+
+Keys are relative, '/'-separated strings (``packs/ab/abcd...``). A store never needs rename to be correct:
+callers write content-addressed objects under their final key and commit by writing a manifest last.
+
+Errors: every backend raises :class:`~fractfs.errors.StoreNotFound` for a missing key on reads,
+:class:`~fractfs.errors.AlreadyExists` for a refused exclusive write and :class:`~fractfs.errors.StoreError`
+for anything else on the store side (unreachable, full, permission denied), with a message that names the
+path or URL. Malformed keys (absolute, ``..``, empty components) are a programming error: ``ValueError``.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+#: Suffix of in-flight files a backend writes before moving them into place (PosixStore). Keys may not
+#: end like this, and listings never show such names, so a crash mid-write leaves nothing a reader sees.
+TEMP_SUFFIX_RE = re.compile(r"\.tmp-[0-9a-f]{12}$")
+
+
+@runtime_checkable
+class Store(Protocol):
+    #: Human-readable location, for logs and status(): a path or URL.
+    url: str
+
+    def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+        """Write ``data`` at ``key`` (durably: fsync on POSIX). ``exclusive=True`` → raise AlreadyExists if present."""
+
+    def put_file(self, key: str, path: Path) -> None:
+        """Stream a local file to ``key`` (large objects)."""
+
+    def get(self, key: str) -> bytes:
+        """Whole object; StoreNotFound when missing."""
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """``length`` bytes from offset ``start`` (fewer at end of object, ``b""`` past it)."""
+
+    def get_file(self, key: str, path: Path) -> None:
+        """Stream ``key`` into local file ``path`` (overwrites ``path``)."""
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """(key, size) for every object whose key starts with ``prefix`` (recursive, any order)."""
+
+    def size(self, key: str) -> int | None:
+        """Size in bytes, or None when the key is missing."""
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+
+
+@runtime_checkable
+class BatchStore(Store, Protocol):
+    """Optional fast paths for many small objects.
+
+    A backend implements these when it can do better than a thread pool calling ``put``/``get`` — e.g.
+    FsspecStore drives all requests from one asyncio loop instead of funnelling 32 threads through it.
+    Callers should not test for them themselves: :func:`fractfs.stores.transfer.put_many` and
+    :func:`~fractfs.stores.transfer.get_many` use them when present and fall back to a bounded pool.
+    Both stop at the first error (remaining work is cancelled) and raise it.
+    """
+
+    def put_many(self, items: Sequence[tuple[str, bytes]], *, workers: int = 32) -> None:
+        """``put(key, data)`` for every pair, up to ``workers`` at a time."""
+
+    def get_many(self, keys: Sequence[str], *, workers: int = 32) -> list[bytes]:
+        """``get(key)`` for every key, results in the order of ``keys``."""
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a safe store key, else raise ValueError.
+
+    Defence in depth: keys come from manifests that may have been tampered with, and a key like
+    ``../../etc/passwd`` must never reach a filesystem path or an object name outside the store root.
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"store key must be a non-empty string, got {key!r}")
+    if "\x00" in key or "\\" in key:
+        raise ValueError(f"store key {key!r} contains a NUL or backslash")
+    if key.startswith("/"):
+        raise ValueError(f"store key {key!r} is absolute; keys are relative to the store root")
+    for part in key.split("/"):
+        if part in ("", ".", ".."):
+            raise ValueError(f"store key {key!r} has an empty, '.' or '..' component")
+    if TEMP_SUFFIX_RE.search(key):
+        raise ValueError(f"store key {key!r} ends like a temporary file name (.tmp-<hex>)")
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """Like :func:`check_key` for a listing prefix, which may be empty or end inside a component."""
+    if not prefix:
+        return ""
+    if "\x00" in prefix or "\\" in prefix or prefix.startswith("/"):
+        raise ValueError(f"store prefix {prefix!r} is absolute or contains a NUL or backslash")
+    parts = prefix.split("/")
+    # The last part may be partial ("packs/a") or empty ("packs/"), the others must be real components.
+    for part in parts[:-1]:
+        if part in ("", ".", ".."):
+            raise ValueError(f"store prefix {prefix!r} has an empty, '.' or '..' component")
+    if parts[-1] in (".", ".."):
+        raise ValueError(f"store prefix {prefix!r} ends in '.' or '..'")
+    return prefix

@@ -1,0 +1,387 @@
+"""Store on any mounted path: a plain directory, tmpfs, or a FUSE mount of an object store.
+
+FUSE mounts of object stores are weak: rclone returns EIO for hard links and symlinks, delta-rs saw
+ENOSYS for rename on Databricks Volumes. So rename is only an optimisation here. Writes go to a
+``<key>.tmp-<hex>`` sibling and are renamed into place when the filesystem allows; when it refuses, the
+object is written under its final name directly. That is still safe for fractfs because objects are
+content-addressed and verified on read, and manifests carry their own checksum: a torn object left by a
+crash is detected, never trusted.
+"""
+from __future__ import annotations
+
+import builtins
+import errno
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Callable
+
+from ..errors import AlreadyExists, StoreError, StoreNotFound
+from .base import TEMP_SUFFIX_RE, check_key, check_prefix
+from .transfer import parallel_map
+
+log = logging.getLogger("fractfs")
+
+CHUNK = 4 * 1024 * 1024
+
+# rename()/link() errors that mean "this filesystem cannot do that", after which writing in place is the
+# right move. The first group is permanent for a mount (remembered); EIO/EACCES/EBUSY are what some FUSE
+# daemons return for the same thing, but can also be one-off, so they only divert the current write.
+_UNSUPPORTED = {errno.ENOSYS, errno.EPERM, errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
+_MAYBE_UNSUPPORTED = {errno.EIO, errno.EACCES, errno.EBUSY, errno.EINVAL}
+# fsync errors that only say "not implemented here" (FUSE, some network filesystems).
+_FSYNC_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF}
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+Writer = Callable[[int], None]
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class _LocalSideError(Exception):
+    """Wraps an OSError of the caller's local file so it is not reported as a store failure."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(exc)
+        self.exc = exc
+
+
+class PosixStore:
+    """Objects as files under ``root``; keys map to relative paths."""
+
+    def __init__(self, root: Path | str) -> None:
+        # The root is not created here: if a Volume is not mounted, making its directory would silently
+        # put "durable" data on the node's ephemeral disk. It is created on the first write instead,
+        # after whoever configured it had the chance to check the mount.
+        self.root = Path(root)
+        self._root = os.fspath(self.root).rstrip("/") or "/"
+        self.url = self._root
+        self._known_dirs: set[str] = set()
+        self._rename_ok = True
+        self._link_ok = True
+        self._dir_fsync_ok = True
+
+    def __repr__(self) -> str:
+        return f"PosixStore({self._root!r})"
+
+    # -- paths & errors ---------------------------------------------------------------------------
+    def _path(self, key: str) -> str:
+        return self._root + "/" + check_key(key)
+
+    def _error(self, action: str, path: str, exc: OSError) -> StoreError:
+        code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        why = exc.strerror or str(exc)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            msg = (f"volume full: cannot {action} {path}: no space left on device ({code}); "
+                   f"free space on {self._root} or give it a larger volume")
+        elif exc.errno == errno.EROFS:
+            msg = f"cannot {action} {path}: {self._root} is mounted read-only ({code})"
+        elif exc.errno == errno.ENOTCONN:
+            msg = (f"cannot {action} {path}: the mount at {self._root} is gone ({why}, {code}); "
+                   "its FUSE daemon died: remount it")
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            msg = f"cannot {action} {path}: permission denied ({code})"
+        else:
+            msg = f"cannot {action} {path}: {why} ({code})"
+        err = StoreError(msg)
+        err.__cause__ = exc
+        return err
+
+    # -- low-level write helpers --------------------------------------------------------------------
+    def _ensure_dir(self, d: str) -> None:
+        """mkdir -p, remembered: on FUSE every mkdir is a round trip to the daemon."""
+        if d in self._known_dirs:
+            return
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError as exc:
+            raise self._error("create directory", d, exc) from exc
+        self._known_dirs.add(d)
+
+    def _fsync_dir(self, d: str) -> None:
+        if not self._dir_fsync_ok:
+            return
+        try:
+            fd = os.open(d, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in _FSYNC_UNSUPPORTED | {errno.EACCES, errno.EPERM}:
+                self._dir_fsync_ok = False
+                return
+            raise self._error("open directory", d, exc) from exc
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno not in _FSYNC_UNSUPPORTED:
+                raise self._error("fsync directory", d, exc) from exc
+            # Directory fsync is not implemented on many FUSE mounts; the file's own fsync still ran.
+            log.debug("fractfs: directory fsync unsupported on %s (%s)", self._root, exc)
+            self._dir_fsync_ok = False
+        finally:
+            os.close(fd)
+
+    def _write_new(self, path: str, writer: Writer, *, exclusive: bool) -> None:
+        """Create ``path``, fill it via ``writer``, fsync, close. On failure nothing is left at ``path``
+        (when we created it)."""
+        flags = os.O_WRONLY | os.O_CREAT | _O_CLOEXEC | (os.O_EXCL if exclusive else os.O_TRUNC)
+        fd = os.open(path, flags, 0o666)  # EEXIST propagates for the caller to interpret
+        try:
+            writer(fd)
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                if exc.errno not in _FSYNC_UNSUPPORTED:
+                    raise
+        except BaseException:
+            os.close(fd)
+            _unlink_quiet(path)
+            raise
+        os.close(fd)  # close can report a deferred write error (NFS, FUSE): let it raise
+
+    def _store_object(self, key: str, writer: Writer, *, exclusive: bool) -> None:
+        path = self._path(key)
+        parent = path.rsplit("/", 1)[0]
+        self._ensure_dir(parent)
+        try:
+            if exclusive:
+                self._store_exclusive(key, path, writer)
+            else:
+                self._store_replace(path, writer)
+        except FileNotFoundError as exc:
+            # The directory vanished under us (pruned, or made by someone else and removed): retry once.
+            self._known_dirs.discard(parent)
+            self._ensure_dir(parent)
+            try:
+                if exclusive:
+                    self._store_exclusive(key, path, writer)
+                else:
+                    self._store_replace(path, writer)
+            except OSError as exc2:
+                raise self._error("write", path, exc2) from exc
+        except OSError as exc:
+            raise self._error("write", path, exc) from exc
+        self._fsync_dir(parent)
+
+    def _store_replace(self, path: str, writer: Writer) -> None:
+        if self._rename_ok:
+            tmp = f"{path}.tmp-{secrets.token_hex(6)}"
+            self._write_new(tmp, writer, exclusive=True)
+            try:
+                os.replace(tmp, path)
+                return
+            except OSError as exc:
+                _unlink_quiet(tmp)
+                if exc.errno in _UNSUPPORTED:
+                    self._rename_ok = False
+                    log.warning("fractfs: rename is not supported on %s (%s); writing objects in place "
+                                "(safe: objects are verified on read)", self._root, exc.strerror)
+                elif exc.errno not in _MAYBE_UNSUPPORTED:
+                    raise
+                else:
+                    log.info("fractfs: rename into %s failed (%s); writing in place", path, exc.strerror)
+        self._write_new(path, writer, exclusive=False)
+
+    def _store_exclusive(self, key: str, path: str, writer: Writer) -> None:
+        # Preferred: write a temp file, then link() it to the final name. link fails with EEXIST
+        # atomically, and readers never see a half-written object under the final key.
+        if self._link_ok:
+            tmp = f"{path}.tmp-{secrets.token_hex(6)}"
+            self._write_new(tmp, writer, exclusive=True)
+            try:
+                os.link(tmp, path)
+                return
+            except FileExistsError:
+                raise AlreadyExists(f"{key} already exists in {self._root}") from None
+            except OSError as exc:
+                if exc.errno in _UNSUPPORTED or exc.errno in _MAYBE_UNSUPPORTED:
+                    # rclone answers EIO, others EPERM/ENOSYS: no hard links on this mount.
+                    self._link_ok = False
+                    log.debug("fractfs: link() unsupported on %s (%s); exclusive writes use O_EXCL",
+                              self._root, exc.strerror)
+                else:
+                    raise
+            finally:
+                _unlink_quiet(tmp)
+        # Fallback: O_EXCL on the final name. Still exclusive; a crash mid-write can leave a short file,
+        # which the reader's checksum rejects.
+        try:
+            self._write_new(path, writer, exclusive=True)
+        except FileExistsError:
+            raise AlreadyExists(f"{key} already exists in {self._root}") from None
+
+    # -- Store protocol -----------------------------------------------------------------------------
+    def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+        self._store_object(key, lambda fd: _write_all(fd, data), exclusive=exclusive)
+
+    def put_file(self, key: str, path: Path) -> None:
+        check_key(key)
+        # Open the source first: a missing or unreadable local file is the caller's problem (OSError),
+        # not the store's.
+        with open(os.fspath(path), "rb", buffering=0) as src:
+
+            def copy(fd: int) -> None:
+                buf = bytearray(CHUNK)
+                view = memoryview(buf)
+                while True:
+                    try:
+                        n = src.readinto(buf)
+                    except OSError as exc:
+                        raise _LocalSideError(exc) from exc
+                    if not n:
+                        break
+                    _write_all(fd, view[:n])
+
+            try:
+                self._store_object(key, copy, exclusive=False)
+            except _LocalSideError as e:
+                raise e.exc from None
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                return f.read()
+        except _MISSING:
+            raise StoreNotFound(f"{key} not found in {self._root}") from None
+        except OSError as exc:
+            raise self._error("read", path, exc) from exc
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise ValueError(f"get_range({key!r}, {start}, {length}): start and length must be >= 0")
+        path = self._path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        except _MISSING:
+            raise StoreNotFound(f"{key} not found in {self._root}") from None
+        except OSError as exc:
+            raise self._error("open", path, exc) from exc
+        try:
+            parts: list[bytes] = []
+            off, left = start, length
+            while left > 0:
+                chunk = os.pread(fd, min(left, CHUNK), off)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                off += len(chunk)
+                left -= len(chunk)
+            return b"".join(parts)
+        except IsADirectoryError:
+            raise StoreNotFound(f"{key} not found in {self._root}") from None
+        except OSError as exc:
+            raise self._error("read", path, exc) from exc
+        finally:
+            os.close(fd)
+
+    def get_file(self, key: str, path: Path) -> None:
+        src_path = self._path(key)
+        try:
+            src = os.open(src_path, os.O_RDONLY | _O_CLOEXEC)
+        except _MISSING:
+            raise StoreNotFound(f"{key} not found in {self._root}") from None
+        except OSError as exc:
+            raise self._error("open", src_path, exc) from exc
+        try:
+            # Errors on the destination (local disk full, permissions) are the caller's: plain OSError.
+            with open(os.fspath(path), "wb", buffering=0) as dst:
+                buf = bytearray(CHUNK)
+                view = memoryview(buf)
+                while True:
+                    try:
+                        n = os.readv(src, [buf])
+                    except IsADirectoryError:
+                        raise StoreNotFound(f"{key} not found in {self._root}") from None
+                    except OSError as exc:
+                        raise self._error("read", src_path, exc) from exc
+                    if not n:
+                        break
+                    dst.write(view[:n])
+        finally:
+            os.close(src)
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        prefix = check_prefix(prefix)
+        # Start the walk at the deepest directory the prefix names, so listing "packs/ab" does not
+        # scan every other subtree.
+        if "/" in prefix:
+            rel = prefix.rsplit("/", 1)[0] + "/"
+            start = self._root + "/" + rel[:-1]
+        else:
+            rel, start = "", self._root
+        return self._walk(start, rel, prefix)
+
+    def _walk(self, start: str, rel0: str, prefix: str) -> Iterator[tuple[str, int]]:
+        stack: list[tuple[str, str]] = [(start, rel0)]
+        while stack:
+            d, rel = stack.pop()
+            try:
+                it = os.scandir(d)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as exc:
+                raise self._error("list", d, exc) from exc
+            with it:
+                try:
+                    for entry in it:
+                        name = entry.name
+                        if TEMP_SUFFIX_RE.search(name):
+                            continue  # in-flight or crashed write: not an object
+                        key = rel + name
+                        if entry.is_dir(follow_symlinks=False):
+                            sub = key + "/"
+                            if sub.startswith(prefix) or prefix.startswith(sub):
+                                stack.append((entry.path, sub))
+                        elif key.startswith(prefix) and entry.is_file(follow_symlinks=False):
+                            try:
+                                size = entry.stat(follow_symlinks=False).st_size
+                            except FileNotFoundError:
+                                continue  # deleted while we listed
+                            yield key, size
+                except OSError as exc:
+                    raise self._error("list", d, exc) from exc
+
+    def size(self, key: str) -> int | None:
+        path = self._path(key)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise self._error("stat", path, exc) from exc
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            # Missing is fine; a directory is not an object (keys below it are deleted one by one).
+            return
+        except OSError as exc:
+            raise self._error("delete", path, exc) from exc
+
+    # -- optional batch fast paths (BatchStore) ------------------------------------------------------
+    def put_many(self, items: Sequence[tuple[str, bytes]], *, workers: int = 32) -> None:
+        # Each put is mostly waiting on fsync (or on the FUSE daemon): threads overlap that well.
+        parallel_map(lambda kv: self.put(kv[0], kv[1]), items, workers)
+
+    def get_many(self, keys: Sequence[str], *, workers: int = 32) -> builtins.list[bytes]:
+        return parallel_map(self.get, keys, workers)

@@ -1,0 +1,257 @@
+"""The public API end to end, each node a fresh Python process, on a plain dir, a tmpfs and a FUSE volume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import run_py
+
+CONFIG = """\
+[dirs]
+paths = ["data/blobs", "exports"]
+[local]
+patterns = ["manifest.json", "*.sqlite"]
+[ignore]
+patterns = ["*.tmp", ".locks/", "*.lock"]
+"""
+
+
+class Node:
+    """An app root + scratch on 'node-local' disk, a Volume, and a way to run app code in a fresh process."""
+
+    def __init__(self, base: Path, volume: Path, config: str = CONFIG):
+        self.root = base / "app"
+        self.scratch = base / "scratch"
+        self.volume = volume
+        self.config = config
+        self.deploy()
+
+    def deploy(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / ".fractfs.toml").write_text(self.config)
+        (self.root / "app.py").write_text("print('app')\n")
+
+    def wipe(self) -> None:
+        """A cold restart: node-local disk is gone, the bundle is re-deployed."""
+        shutil.rmtree(self.root)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.deploy()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.lower().startswith("fractfs_")}
+        env.update(
+            {
+                "fractfs_VOLUME_ROOT": str(self.volume),
+                "fractfs_SCRATCH": str(self.scratch),
+                "fractfs_BACKEND": "volumes",
+                "fractfs_SYNC_INTERVAL": "3600",
+            }
+        )
+        env.update(extra)
+        return env
+
+    def run(self, body: str, *, check: bool = True, **extra: str) -> Any:
+        code = "import json, os, sys, fractfs\n" + textwrap.dedent(body)
+        proc = run_py(code, env=self.env(**extra), cwd=self.root, check=check)
+        if not check:
+            return proc
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{") or ln.startswith("[")]
+        return json.loads(lines[-1]) if lines else None
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    out = {}
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            out[str(p.relative_to(path))] = p.read_bytes()
+    return out
+
+
+def test_passthrough_without_volume(tmp_path: Path) -> None:
+    node = Node(tmp_path, tmp_path / "unused")
+    proc = node.run(
+        """
+        import logging; logging.basicConfig(level=logging.INFO)
+        st = fractfs.init()
+        print(json.dumps({"stored": fractfs.sync_now(), "st": st, "link": os.path.islink("data/blobs")}))
+        fractfs.shutdown()
+    """,
+        check=False,
+        fractfs_VOLUME_ROOT="",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["stored"] == [] and out["link"] is False and out["st"]["passthrough"] is True
+    assert "passthrough" in proc.stderr
+    assert not (tmp_path / "unused").exists() and not node.scratch.exists()
+
+
+def test_init_provisions_and_reports(tmp_path: Path, volume: Path) -> None:
+    node = Node(tmp_path, volume)
+    st = node.run("""
+        st = fractfs.init()
+        with open("data/blobs/big.bin", "wb") as f: f.write(b"B" * 100_000)
+        json.dumps(fractfs.status())  # must be JSON-serialisable
+        print(json.dumps(fractfs.status()))
+        fractfs.shutdown()
+    """)
+    for d in ("data/blobs", "exports"):
+        link = node.root / d
+        assert link.is_symlink() and Path(os.readlink(link)) == volume / d
+        assert st["dirs"][d]["tier"] == "dirs" and st["dirs"][d]["linked"] is True
+    assert (volume / "data/blobs/big.bin").stat().st_size == 100_000  # the bytes are on the Volume
+    for key in (
+        "backend",
+        "volume_root",
+        "scratch",
+        "sync_interval",
+        "daemon_running",
+        "last_sync_time",
+        "bundle_file_count",
+        "patterns",
+        "warnings",
+    ):
+        assert key in st, key
+    assert st["backend"] == "volumes" and st["volume_root"] == str(volume) and st["daemon_running"] is True
+    assert st["patterns"]["local"] == ["manifest.json", "*.sqlite"]
+    assert st["bundle_file_count"] == 2  # .fractfs.toml + app.py
+    assert any("*.lock" in w for w in st["warnings"])  # a glob that cannot be pre-pinned
+
+    # a second init converges without changing anything
+    before = tree(volume)
+    st2 = node.run("print(json.dumps(fractfs.init())); fractfs.shutdown()")
+    assert st2["dirs"]["data/blobs"]["linked"] is True and tree(volume).keys() >= before.keys()
+
+
+def test_cold_restart_restores_before_init_returns(tmp_path: Path, volume: Path) -> None:
+    node = Node(tmp_path, volume)
+    stored = node.run("""
+        fractfs.init()
+        os.makedirs("state/deep", exist_ok=True)
+        open("state/deep/a.txt", "w").write("alpha")
+        open("notes.txt", "w").write("node one")
+        open("junk.tmp", "w").write("never saved")
+        print(json.dumps(sorted(fractfs.sync_now())))
+        fractfs.shutdown()
+    """)
+    assert "notes.txt" in stored and "state/deep/a.txt" in stored and "junk.tmp" not in stored
+    assert "app.py" not in stored and ".fractfs.toml" not in stored  # the deploy bundle is not checkpointed
+    node.wipe()
+    out = node.run("""
+        st = fractfs.init()
+        # read immediately: init() has already restored
+        print(json.dumps({"a": open("state/deep/a.txt").read(), "n": open("notes.txt").read(),
+                          "tmp": os.path.exists("junk.tmp"), "restored": st["restore"]["restored"]}))
+        fractfs.shutdown()
+    """)
+    assert out == {"a": "alpha", "n": "node one", "tmp": False, "restored": 2}
+
+
+def test_shutdown_runs_final_checkpoint(tmp_path: Path, volume: Path) -> None:
+    node = Node(tmp_path, volume)
+    node.run("""
+        fractfs.init()
+        open("late.txt", "w").write("written just before stop")
+        fractfs.shutdown()
+        fractfs.shutdown()  # idempotent
+        print("[]")
+    """)
+    node.wipe()
+    assert node.run("fractfs.init(); print(json.dumps([open('late.txt').read()])); fractfs.shutdown()") == [
+        "written just before stop"
+    ]
+
+
+def test_clobber_guard_and_force_migration(tmp_path: Path, volume: Path) -> None:
+    node = Node(tmp_path, volume)
+    blobs = node.root / "data" / "blobs"
+    (blobs / "sub").mkdir(parents=True)
+    payload = {f"f{i}.bin": os.urandom(50_000 + i) for i in range(5)}
+    for name, data in payload.items():
+        (blobs / "sub" / name).write_bytes(data)
+    before_local, before_vol = tree(node.root), tree(volume)
+    proc = node.run("fractfs.init()", check=False)
+    assert proc.returncode != 0 and "ClobberError" in proc.stderr and "data/blobs" in proc.stderr
+    assert "force=True" in proc.stderr
+    assert tree(node.root) == before_local and tree(volume) == before_vol  # nothing touched
+    assert not (node.root / "exports").exists()  # not even the other [dirs] entry
+    out = node.run("st = fractfs.init(force=True); print(json.dumps(st['dirs'])); fractfs.shutdown()")
+    assert out["data/blobs"]["linked"] is True
+    for name, data in payload.items():
+        assert (volume / "data/blobs/sub" / name).read_bytes() == data
+        assert (blobs / "sub" / name).read_bytes() == data  # readable through the link
+
+
+def test_relink_when_pointing_elsewhere(tmp_path: Path, volume: Path) -> None:
+    node = Node(tmp_path, volume)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (node.root / "data").mkdir()
+    (node.root / "data" / "blobs").symlink_to(elsewhere)
+    node.run("fractfs.init(); fractfs.shutdown(); print('[]')")
+    assert Path(os.readlink(node.root / "data/blobs")) == volume / "data/blobs"
+
+
+def test_pins_or_symlink_warning(tmp_path: Path, volume: Path) -> None:
+    node = Node(tmp_path, volume)
+    st = node.run("""
+        st = fractfs.init()
+        open("data/blobs/manifest.json", "w").write('{"v": 1}')
+        os.makedirs("data/blobs/.locks", exist_ok=True)
+        open("data/blobs/.locks/l1", "w").write("lock")
+        print(json.dumps(fractfs.status()))
+        fractfs.shutdown()
+    """)
+    caps = st["provision"]["capabilities"]
+    if caps["symlinks"]:
+        # pinned: the first write already landed on node-local scratch, not on the Volume
+        assert (node.scratch / "data/blobs/manifest.json").read_text() == '{"v": 1}'
+        assert (volume / "data/blobs/manifest.json").is_symlink()
+        assert (node.scratch / "data/blobs/.locks/l1").exists()
+        assert not any("symlink" in w and "pin" in w for w in st["warnings"])
+        # [local] pins are checkpointed: a cold node gets manifest.json back in scratch
+        node.wipe()
+        out = node.run(
+            "fractfs.init(); print(json.dumps([open('data/blobs/manifest.json').read()])); fractfs.shutdown()"
+        )
+        assert out == ['{"v": 1}']
+    else:
+        # FUSE: no symlinks; the app still runs, the pins that cannot be honoured are named
+        msgs = [w for w in st["warnings"] if "symlink" in w]
+        assert msgs and any("manifest.json" in w for w in msgs)
+        assert (volume / "data/blobs/manifest.json").read_text() == '{"v": 1}'
+
+
+def test_bad_config_changes_nothing(tmp_path: Path, volume: Path) -> None:
+    node = Node(tmp_path, volume, config='[dirs]\npaths = ["data", "../escape"]\n')
+    before = tree(node.root)
+    proc = node.run("fractfs.init()", check=False)
+    assert proc.returncode != 0 and "ConfigError" in proc.stderr
+    assert ".fractfs.toml" in proc.stderr and "[dirs].paths[1]" in proc.stderr
+    assert tree(node.root) == before and not (node.root / "data").exists()
+    assert not node.scratch.exists() and not (volume / "data").exists()
+
+
+def test_resolve_public(tmp_path: Path, volume: Path) -> None:
+    node = Node(tmp_path, volume)
+    out = node.run("""
+        fractfs.init(start_daemon=False)
+        r = fractfs.resolve
+        print(json.dumps([r("data/blobs/x.parquet").value, r("data/blobs/manifest.json").value,
+                          r(os.path.abspath("x.tmp")).value, r("notes.txt").value, r("exports").value,
+                          isinstance(r("a"), fractfs.Tier)]))
+        fractfs.shutdown(final_sync=False)
+    """)
+    assert out == ["dirs", "local", "ignore", "default", "dirs", True]
+
+
+def test_sync_now_before_init_is_clear(tmp_path: Path) -> None:
+    node = Node(tmp_path, tmp_path / "v")
+    proc = node.run("fractfs.sync_now()", check=False)
+    assert proc.returncode != 0 and "call fractfs.init() first" in proc.stderr

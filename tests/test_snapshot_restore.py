@@ -1,0 +1,364 @@
+"""restore(): verification, fallback from damaged snapshots, hostile manifests, overwrite rules, disk full."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_snapshot_support import everything, make_store, temp_leftovers, tree, write
+
+from fractfs.errors import CorruptCheckpointError, RestoreError
+from fractfs.snapshot import checkpoint, latest_paths, list_snapshots, restore, verify
+from fractfs.snapshot.format import FORMAT_NAME, SnapName, pack_key
+from fractfs.stores import PosixStore
+
+
+def _areas(tmp_path: Path, name: str = "app") -> dict[str, Path]:
+    return {"root": tmp_path / name}
+
+
+def _raw_manifest(
+    store: PosixStore, seq: int, entries: list[dict[str, Any]], *, version: int = 1, **extra: Any
+) -> SnapName:
+    """Write a manifest exactly as given (valid checksum name), bypassing every check of the writer."""
+    doc = {
+        "format": FORMAT_NAME,
+        "version": version,
+        "seq": seq,
+        "created_ns": 1,
+        "node": "evil",
+        "parent": None,
+        "entries": entries,
+        **extra,
+    }
+    data = gzip.compress(json.dumps(doc).encode(), mtime=0)
+    name = SnapName(seq, hashlib.sha256(data).hexdigest())
+    store.put(name.key, data)
+    return name
+
+
+def _put_pack(store: PosixStore, blobs: list[bytes]) -> tuple[str, list[tuple[int, int, str]]]:
+    data = b"".join(blobs)
+    pid = hashlib.sha256(data).hexdigest()
+    store.put(pack_key(pid), data)
+    out, off = [], 0
+    for b in blobs:
+        out.append((off, len(b), hashlib.sha256(b).hexdigest()))
+        off += len(b)
+    return pid, out
+
+
+def _file(path: str, pid: str, loc: tuple[int, int, str], area: str = "root", **kw: Any) -> dict[str, Any]:
+    off, n, sha = loc
+    d = {
+        "area": area,
+        "path": path,
+        "type": "file",
+        "mode": 0o644,
+        "size": n,
+        "mtime_ns": 1,
+        "sha256": sha,
+        "pack": pid,
+        "offset": off,
+        "length": n,
+    }
+    d.update(kw)
+    return d
+
+
+def test_bit_flip_in_a_pack_skips_that_file_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    for i in range(5):
+        write(src["root"], f"f{i}", f"file number {i} " * 50)
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    ((pkey, _),) = list(store.list("packs/"))
+    pack_path = store.root / pkey
+    data = bytearray(pack_path.read_bytes())
+    flen = len("file number 0 " * 50)
+    data[2 * flen + 10] ^= 0x01  # inside f2 (files are packed in path order)
+    pack_path.write_bytes(bytes(data))
+
+    dst = _areas(tmp_path, "fresh")
+    with caplog.at_level(logging.ERROR, logger="fractfs"):
+        out = restore(store, dst)
+    assert len(out.errors) == 1 and out.errors[0].startswith("root:f2:")
+    assert any("f2" in r.message and r.levelno == logging.ERROR for r in caplog.records)
+    assert sorted(out.restored) == ["root:f0", "root:f1", "root:f3", "root:f4"]
+    assert not (dst["root"] / "f2").exists()
+    assert temp_leftovers(dst["root"]) == []
+    v = verify(store)
+    assert (
+        not v.ok and v.bad_blobs == [pkey] and len(v.damaged_files) == 1 and "root:f2" in v.damaged_files[0]
+    )
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete-middle", "empty"])
+def test_damaged_newest_manifest_falls_back(
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    sd = tmp_path / "state"
+    write(src["root"], "v", "one")
+    first = checkpoint(store, src, everything, state_dir=sd)
+    write(src["root"], "v", "two")
+    second = checkpoint(store, src, everything, state_dir=sd)
+    assert first.snapshot_id and second.snapshot_id
+    path = store.root / f"snapshots/{second.snapshot_id}.json.gz"
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        path.write_bytes(data[:20] + bytes([data[20] ^ 0x40]) + data[21:])
+    elif damage == "delete-middle":
+        path.write_bytes(data[:10] + data[30:])
+    else:
+        path.write_bytes(b"")
+    dst = _areas(tmp_path, "fresh")
+    with caplog.at_level(logging.ERROR, logger="fractfs"):
+        out = restore(store, dst)
+    assert out.snapshot_id == first.snapshot_id
+    assert out.fell_back_from == [second.snapshot_id]
+    assert any(second.snapshot_id in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert (dst["root"] / "v").read_text() == "one"
+    infos = {i.id: i for i in list_snapshots(store)}
+    assert not infos[second.snapshot_id].valid and infos[first.snapshot_id].valid
+    # an explicit request for the damaged one is an error, not a silent fallback
+    with pytest.raises(CorruptCheckpointError):
+        restore(store, _areas(tmp_path, "x"), snapshot_id=second.snapshot_id)
+    # the next checkpoint commits on top of the damaged one's sequence number
+    if damage != "flip":
+        # a manifest whose size changed is noticed from the listing alone: the unchanged tree is committed
+        # again, on top of the newest valid snapshot
+        third = checkpoint(store, src, everything, state_dir=sd)
+        assert third.parent == first.snapshot_id
+    else:
+        # same size, different bytes: only verify() (or a restore) notices; the next change commits
+        assert not verify(store, second.snapshot_id).ok
+        write(src["root"], "v", "three")
+        third = checkpoint(store, src, everything, state_dir=sd)
+    assert third.snapshot_id and third.snapshot_id > second.snapshot_id
+    again = _areas(tmp_path, "again")
+    assert restore(store, again).snapshot_id == third.snapshot_id
+    assert (again["root"] / "v").read_text() == ("three" if damage == "flip" else "two")
+
+
+def test_unknown_format_version_is_skipped(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    write(src["root"], "v", "one")
+    first = checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    future = _raw_manifest(store, 99, [], version=2)
+    out = restore(store, _areas(tmp_path, "fresh"))
+    assert out.snapshot_id == first.snapshot_id and out.fell_back_from == [future.id]
+
+
+def test_hostile_manifest_entries_are_refused(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "target"
+    target.mkdir()
+    os.symlink(outside, target / "linkdir")  # already on disk: must not be written through
+    (target / "plainfile").write_text("I am a file")
+    payload = b"pwned\n"
+    good = b"fine\n"
+    pid, locs = _put_pack(store, [payload, good])
+    bad, ok = locs[0], locs[1]
+    entries = [
+        _file("../escape", pid, bad),
+        _file("/abs/escape", pid, bad),
+        _file("a/../../escape", pid, bad),
+        _file("a//b", pid, bad),
+        _file("./dot", pid, bad),
+        _file("nul\x00byte", pid, bad),
+        _file("", pid, bad),
+        _file("linkdir/payload", pid, bad),
+        _file("plainfile/child", pid, bad),
+        _file("sizelie", pid, bad, size=3),
+        _file("dup", pid, bad),
+        _file("dup", pid, ok),
+        {"area": "root", "path": "weird", "type": "fifo", "mode": 0o644},
+        {"area": "../root", "path": "x", "type": "dir", "mode": 0o755},
+        {"area": "root", "path": "evil-rel", "type": "symlink", "target": "../../outside", "mtime_ns": 1},
+        {"area": "root", "path": "evil-abs", "type": "symlink", "target": str(outside), "mtime_ns": 1},
+        # chain: each link looks inside on its own, together they climb out
+        {"area": "root", "path": "a", "type": "dir", "mode": 0o755},
+        {"area": "root", "path": "a/up", "type": "symlink", "target": "..", "mtime_ns": 1},
+        {"area": "root", "path": "chain", "type": "symlink", "target": "a/up/..", "mtime_ns": 1},
+        # a file entry, then an entry below it
+        _file("f", pid, ok),
+        _file("f/g", pid, bad),
+        # legit neighbours that must still restore
+        _file("good/file", pid, ok),
+        {"area": "root", "path": "good/link", "type": "symlink", "target": "file", "mtime_ns": 1},
+        {
+            "area": "root",
+            "path": "abs-inside",
+            "type": "symlink",
+            "target": str(target / "good"),
+            "mtime_ns": 1,
+        },
+    ]
+    _raw_manifest(store, 1, entries)
+    out = restore(store, {"root": target})
+    refused = "\n".join(out.refused)
+    for p in [
+        "../escape",
+        "/abs/escape",
+        "a/../../escape",
+        "a//b",
+        "./dot",
+        "linkdir/payload",
+        "plainfile/child",
+        "sizelie",
+        "dup",
+        "weird",
+        "evil-rel",
+        "evil-abs",
+        "chain",
+        "f/g",
+    ]:
+        assert repr(p) in refused or f"root:{p}:" in refused, p
+    assert "nul" in refused and "'../root'" in refused
+    assert sorted(out.restored) == [
+        "root:a/up",
+        "root:abs-inside",
+        "root:f",
+        "root:good/file",
+        "root:good/link",
+    ]
+    # nothing landed outside the target, and nothing was written through the pre-existing symlink
+    assert list(outside.iterdir()) == []
+    assert not (tmp_path / "escape").exists()
+    assert not os.path.lexists(target / "chain") and not os.path.lexists(target / "evil-rel")
+    assert (target / "plainfile").read_text() == "I am a file"
+    assert (target / "good" / "link").read_bytes() == good
+    for dirpath, _dirs, files in os.walk(tmp_path):
+        for name in files:
+            p = Path(dirpath) / name
+            if not str(p).startswith(str(store.root)) and not p.is_symlink():
+                assert p.read_bytes() != payload, p
+
+
+def test_default_restore_never_clobbers(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    write(src["root"], "a", "from snapshot")
+    write(src["root"], "b", "from snapshot")
+    os.symlink("a", src["root"] / "l")
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    dst = _areas(tmp_path, "fresh")
+    write(dst["root"], "a", "local edit")
+    os.symlink("b", dst["root"] / "l")
+    out = restore(store, dst)
+    assert out.restored == ["root:b"] and sorted(out.skipped_existing) == ["root:a", "root:l"]
+    assert (dst["root"] / "a").read_text() == "local edit"
+    assert os.readlink(dst["root"] / "l") == "b"
+
+
+def test_overwrite_replaces_only_differing_content(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    write(src["root"], "same", "identical")
+    write(src["root"], "diff", "from snapshot")
+    os.symlink("same", src["root"] / "l")
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    dst = _areas(tmp_path, "fresh")
+    write(dst["root"], "same", "identical")
+    write(dst["root"], "diff", "local edit")
+    os.symlink("diff", dst["root"] / "l")
+    ino_same = os.stat(dst["root"] / "same").st_ino
+    out = restore(store, dst, overwrite=True)
+    assert sorted(out.restored) == ["root:diff", "root:l"] and out.skipped_existing == ["root:same"]
+    assert (dst["root"] / "diff").read_text() == "from snapshot"
+    assert os.stat(dst["root"] / "same").st_ino == ino_same
+    assert os.readlink(dst["root"] / "l") == "same"
+
+
+def test_dry_run_writes_nothing(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    write(src["root"], "x/y", "1")
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    dst = _areas(tmp_path, "fresh")
+    out = restore(store, dst, dry_run=True)
+    assert out.restored == ["root:x/y"]
+    assert not dst["root"].exists()
+
+
+def test_restore_want_and_area_subset(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    src = {"root": tmp_path / "app", "scratch": tmp_path / "scr"}
+    write(src["root"], "keep/a", "1")
+    write(src["root"], "skip/b", "2")
+    write(src["scratch"], "c", "3")
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    dst = tmp_path / "elsewhere"
+    out = restore(store, {"root": dst}, want=lambda a, r, d: not r.startswith("skip"))
+    assert out.restored == ["root:keep/a"]
+    assert set(tree(dst)) == {"keep", "keep/a"}
+
+
+def test_empty_store_restores_nothing(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    out = restore(store, _areas(tmp_path))
+    assert out.snapshot_id is None and out.restored == [] and out.errors == []
+    assert latest_paths(store) == set()
+
+
+def test_missing_pack_is_an_error_for_its_files(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    write(src["root"], "a", "1")
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    for k, _ in list(store.list("packs/")):
+        store.delete(k)
+    out = restore(store, _areas(tmp_path, "fresh"))
+    assert out.restored == [] and len(out.errors) == 1 and out.errors[0].startswith("root:a:")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_disk_full_raises_and_leaves_no_partial_file(tmp_path: Path, small_tmpfs: Path, large: bool) -> None:
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    blobs = {f"f{i}": os.urandom(300_000) for i in range(6)}  # 1.8 MB into a 1 MB disk
+    for name, b in blobs.items():
+        write(src["root"], name, b)
+    kw = {"large_file": 100_000} if large else {}
+    checkpoint(store, src, everything, state_dir=tmp_path / "state", **kw)
+    with pytest.raises(RestoreError) as ei:
+        restore(store, {"root": small_tmpfs / "app"}, transfers=2)
+    msg = str(ei.value)
+    assert "disk full" in msg and str(small_tmpfs) in msg
+    assert temp_leftovers(small_tmpfs) == []
+    # all or nothing: files are renamed into place only after every one was written and flushed
+    assert [p for p in small_tmpfs.rglob("*") if p.is_file()] == []
+    # with room to spare, the same restore goes through
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_tmpfs)], check=True)
+    out = restore(store, {"root": small_tmpfs / "app"}, transfers=2)
+    assert len(out.restored) == 6 and not out.errors
+    assert all((small_tmpfs / "app" / n).read_bytes() == b for n, b in blobs.items())

@@ -1,0 +1,151 @@
+"""SQLite databases under concurrent writes from another process restore whole, transaction by transaction."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from test_snapshot_support import everything, make_store
+
+from fractfs.snapshot import checkpoint, latest_paths, list_snapshots, restore
+from fractfs.snapshot import engine as engine_mod
+
+ROWS = 40  # rows per transaction, all with the same txn id
+
+WRITER = textwrap.dedent("""
+    import sqlite3, sys, time
+    path, mode, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    con = sqlite3.connect(path, timeout=30, isolation_level=None)
+    con.execute(f"pragma journal_mode={mode}")
+    con.execute("create table if not exists t(txn integer, i integer, pad text)")
+    print("ready", flush=True)
+    txn = 0
+    while True:
+        con.execute("begin immediate")
+        for i in range(rows):
+            con.execute("insert into t values (?, ?, ?)", (txn, i, "x" * 200))
+        con.execute("commit")
+        txn += 1
+""")
+
+
+def _check_db(path: Path) -> int:
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("pragma integrity_check").fetchone() == ("ok",)
+        counts = con.execute("select txn, count(*) from t group by txn order by txn").fetchall()
+    finally:
+        con.close()
+    assert all(n == ROWS for _, n in counts), [c for c in counts if c[1] != ROWS][:5]
+    assert [t for t, _ in counts] == list(range(len(counts)))  # no transaction lost in the middle
+    return len(counts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("journal", ["wal", "delete"])
+def test_live_database_restores_with_whole_transactions(tmp_path: Path, journal: str) -> None:
+    store = make_store(tmp_path)
+    app = tmp_path / "app"
+    app.mkdir()
+    db = app / "data.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db), journal, str(ROWS)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        results = []
+        for _ in range(6):
+            results.append(checkpoint(store, {"root": app}, everything, state_dir=tmp_path / "state"))
+            time.sleep(0.15)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert latest_paths(store) == {("root", "data.db")}  # never the -wal/-shm/-journal sidecars
+    stored = [r for r in results if "root:data.db" in r.stored]
+    assert len(stored) >= 3, results
+    seen = []
+    for info in list_snapshots(store):
+        dst = tmp_path / f"r{info.seq}"
+        out = restore(store, {"root": dst}, snapshot_id=info.id)
+        assert out.errors == []
+        assert sorted(p.name for p in dst.iterdir()) == ["data.db"]
+        seen.append(_check_db(dst / "data.db"))
+    assert seen == sorted(seen) and seen[-1] > seen[0] > 0
+
+
+def test_a_writer_holding_the_lock_does_not_block_forever(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(tmp_path)
+    app = tmp_path / "app"
+    app.mkdir()
+    db = app / "locked.db"
+    con = sqlite3.connect(db)
+    con.execute("create table t(x)")
+    con.commit()
+    con.close()
+    (app / "other").write_text("fine")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+        import sqlite3, time
+        con = sqlite3.connect({str(db)!r}, isolation_level=None)
+        con.execute("begin exclusive")
+        con.execute("insert into t values (1)")
+        print("locked", flush=True)
+        time.sleep(30)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        monkeypatch.setattr(engine_mod, "SQLITE_TIMEOUT", 0.5)
+        t0 = time.monotonic()
+        res = checkpoint(store, {"root": app}, everything, state_dir=tmp_path / "state")
+        assert time.monotonic() - t0 < 5
+    finally:
+        holder.kill()
+        holder.wait()
+    assert res.skipped_busy == ["root:locked.db"]
+    assert res.stored == ["root:other"]
+    # once the lock is gone the database is taken
+    res2 = checkpoint(store, {"root": app}, everything, state_dir=tmp_path / "state")
+    assert "root:locked.db" in res2.stored
+    dst = tmp_path / "fresh"
+    restore(store, {"root": dst})
+    r = sqlite3.connect(dst / "locked.db")
+    assert r.execute("pragma integrity_check").fetchone() == ("ok",)
+    assert r.execute("select count(*) from t").fetchone() == (0,)  # the uncommitted insert is not there
+    r.close()
+
+
+def test_restoring_a_database_removes_a_stale_wal(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    app = tmp_path / "app"
+    app.mkdir()
+    db = app / "x.db"
+    con = sqlite3.connect(db)
+    con.execute("create table t(x)")
+    con.execute("insert into t values (1)")
+    con.commit()
+    con.close()
+    checkpoint(store, {"root": app}, everything, state_dir=tmp_path / "state")
+    dst = tmp_path / "fresh"
+    dst.mkdir()
+    (dst / "x.db-wal").write_bytes(os.urandom(4096))  # left over from some other database
+    restore(store, {"root": dst})
+    assert not (dst / "x.db-wal").exists()
+    r = sqlite3.connect(dst / "x.db")
+    assert r.execute("select x from t").fetchall() == [(1,)]
+    r.close()
