@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn
 
 import pytest
 
@@ -22,8 +22,8 @@ _TESTS = Path(__file__).resolve().parent
 if str(_TESTS) not in sys.path:  # so tests can `from helpers import run_py` under any import mode
     sys.path.insert(0, str(_TESTS))
 
-import _services
-from _services import MissingPiece, SeaweedServer, in_ci
+import _services  # noqa: E402 - needs the sys.path entry above
+from _services import MissingPiece, SeaweedServer, in_ci  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -65,7 +65,7 @@ class Seaweed:
     def delete_bucket(self, name: str) -> None:
         self.server.delete_bucket(name)
 
-    def client(self) -> object:
+    def client(self) -> Any:
         """A boto3 S3 client for this server (for tests that inspect the bucket directly)."""
         return self.server.client()
 

@@ -9,7 +9,6 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import pytest
 from helpers import run_py
 
 CONFIG = """\
@@ -255,3 +254,10 @@ def test_sync_now_before_init_is_clear(tmp_path: Path) -> None:
     node = Node(tmp_path, tmp_path / "v")
     proc = node.run("fractfs.sync_now()", check=False)
     assert proc.returncode != 0 and "call fractfs.init() first" in proc.stderr
+
+
+def test_readme_demo_runs() -> None:
+    """The README's first command: the demo must pass on a machine with no cloud account."""
+    demo = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
+    proc = run_py(demo.read_text().replace('if __name__ == "__main__":', "if True:"), timeout=180)
+    assert "demo OK" in proc.stdout

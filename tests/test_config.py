@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -228,6 +229,6 @@ def test_unicode_paths_ok(app: Path, tmp_path: Path) -> None:
 
 def test_config_is_frozen(app: Path) -> None:
     cfg = load_config(app, env={})
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.sync_interval = 1  # type: ignore[misc]
     assert os.fspath(cfg.root) == str(app)

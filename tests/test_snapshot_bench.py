@@ -76,12 +76,12 @@ def main() -> None:
         t = time.perf_counter()
         first = ck()
         print(f"first checkpoint (hash + pack + upload everything): {time.perf_counter() - t:.2f}s "
-              f"({getattr(first, 'files')} files, {getattr(first, 'uploaded_bytes')} bytes uploaded)")
+              f"({first.files} files, {first.uploaded_bytes} bytes uploaded)")
         bare = _best(lambda: _bare_walk(str(app), False))
         statw = _best(lambda: _bare_walk(str(app), True))
         noop = _best(ck)
         res = ck()
-        assert getattr(res, "snapshot_id") is None, res
+        assert res.snapshot_id is None, res
         cache = state / "statcache.v1"
         print(f"bare scandir walk          min {bare[0]:.3f}s  median {bare[1]:.3f}s")
         print(f"scandir walk + lstat       min {statw[0]:.3f}s  median {statw[1]:.3f}s")
@@ -94,7 +94,7 @@ def main() -> None:
         time.sleep(0.05)
         t = time.perf_counter()
         one = ck()
-        print(f"checkpoint with 1 changed file: {time.perf_counter() - t:.3f}s  stored={getattr(one, 'stored')}")
+        print(f"checkpoint with 1 changed file: {time.perf_counter() - t:.3f}s  stored={one.stored}")
         manifests = [s for _, s in store.list("snapshots/")]
         print(f"manifest size: {manifests[-1] / 1e6:.2f} MB (gzip) for {args.files} entries")
         if args.restore:

@@ -447,3 +447,43 @@ def test_unreadable_directory_keeps_previous_state(tmp_path: Path, monkeypatch: 
     (src["root"] / "locked" / "f").unlink()
     res = checkpoint(store, src, everything, state_dir=sd)
     assert res.deleted == ["root:locked/f"]
+
+
+def test_round_trip_through_an_fsspec_store(tmp_path: Path) -> None:
+    """The engine only uses the Store protocol (and put_many/get_many when offered): any backend works."""
+    pytest.importorskip("fsspec")
+    import uuid
+
+    from fractfs.stores import FsspecStore
+
+    store = FsspecStore(f"memory://fractfs-test-{uuid.uuid4().hex}/ck")
+    src = _areas(tmp_path)
+    _populate(src["root"])
+    for i in range(40):
+        write(src["scratch"], f"many/{i}", os.urandom(3000))
+    big = os.urandom(300_000)
+    write(src["root"], "big", big)
+    sd = tmp_path / "state"
+    res = checkpoint(store, src, everything, state_dir=sd, pack_size=16_384, large_file=200_000)
+    assert res.snapshot_id and checkpoint(store, src, everything, state_dir=sd).snapshot_id is None
+    dst = _areas(tmp_path, "fresh")
+    out = restore(store, dst)
+    assert not out.errors and not out.refused
+    assert tree(dst["root"], mtimes=True) == tree(src["root"], mtimes=True)
+    assert tree(dst["scratch"]) == tree(src["scratch"])
+
+
+def test_restore_temp_files_are_never_recorded_and_old_ones_are_removed(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    write(src["root"], "real", "x")
+    fresh = write(src["root"], "sub/.fractfs-tmp-abc-1", "being written by a restore")
+    old = write(src["root"], ".fractfs-tmp-dead-7", "left by a crashed restore")
+    monkeypatch.setattr(engine_mod, "STALE_TEMP_NS", 10**9 * 3600)
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    assert latest_paths(store) == {("root", "real")}
+    assert fresh.exists() and old.exists()  # both too young to be called stale
+    monkeypatch.setattr(engine_mod, "STALE_TEMP_NS", -1)
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    assert not old.exists() and not fresh.exists()

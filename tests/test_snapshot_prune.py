@@ -64,7 +64,7 @@ def test_prune_removes_unreferenced_and_keeps_referenced(tmp_path: Path) -> None
 
 
 def test_checkpoint_after_prune_still_dedups_safely(tmp_path: Path) -> None:
-    store, src, ids = _gens(tmp_path, 3)
+    store, src, _ids = _gens(tmp_path, 3)
     prune(store, keep=1)
     write(src["root"], "counter", "after prune")
     res = checkpoint(store, src, everything, state_dir=tmp_path / "state", large_file=40_000, pack_size=4096)

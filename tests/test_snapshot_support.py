@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Optional, Union
 
 from fractfs.stores import PosixStore
 
@@ -23,10 +22,10 @@ def make_store(tmp_path: Path, name: str = "store") -> PosixStore:
 def write(
     root: Path,
     rel: str,
-    data: Union[bytes, str],
+    data: bytes | str,
     *,
-    mode: Optional[int] = None,
-    mtime_ns: Optional[int] = None,
+    mode: int | None = None,
+    mtime_ns: int | None = None,
 ) -> Path:
     p = root / rel
     p.parent.mkdir(parents=True, exist_ok=True)

@@ -23,16 +23,18 @@ from fractfs.stores import FsspecStore, PosixStore, Store, open_store
 from fractfs.stores import fsspec as fsspec_mod
 from fractfs.stores.transfer import get_many, parallel_map, put_many, retry
 
-BACKENDS = ["posix-plain", "posix-tmpfs", "posix-fuse", "s3", "memory"]
+# s3: FsspecStore as configured by default (PUT/GET on the lean client, the rest on s3fs/botocore);
+# s3-botocore: the same with the lean client off, i.e. everything through s3fs.
+BACKENDS = ["posix-plain", "posix-tmpfs", "posix-fuse", "s3", "s3-botocore", "memory"]
 
 
 def _make_store(request: pytest.FixtureRequest, kind: str) -> Store:
     if kind.startswith("posix-"):
         vol: Path = request.getfixturevalue(f"{kind[len('posix-') :]}_volume")
         return PosixStore(vol / "checkpoints")
-    if kind == "s3":
+    if kind in ("s3", "s3-botocore"):
         url: str = request.getfixturevalue("s3_url")
-        return FsspecStore(url)
+        return FsspecStore(url, fast_path=kind == "s3")
     return FsspecStore(f"memory://fractfs-test-{uuid.uuid4().hex}")
 
 
@@ -457,3 +459,74 @@ def test_parallel_map_order_and_first_error() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         parallel_map(work, range(1000), 4)
     assert len(started) < 1000  # the rest was cancelled, not run
+
+
+# -- the lean S3 client -----------------------------------------------------------------------------------
+def test_s3_fast_path_is_used_and_verified_by_the_server(s3_url: str) -> None:
+    s = FsspecStore(s3_url)
+    s.put("a", b"1")
+    assert s._fast is not None  # the contract tests above really exercised it
+    # The test server checks signatures (it has one identity): a wrong secret is refused.
+    s2 = FsspecStore(s3_url, storage_options={"key": "fractfs-test", "secret": "wrong-secret"})
+    with pytest.raises(StoreError, match="access denied") as info:
+        s2.get("a")
+    assert not isinstance(info.value, StoreNotFound)
+
+
+def test_s3_fast_path_refused_falls_back_to_botocore(s3_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    from fractfs.stores._s3fast import Credentials
+
+    s = FsspecStore(s3_url)
+    s.put("k0", b"zero")
+    assert s._fast is not None
+
+    async def bad_credentials() -> Credentials:  # as if our signing were wrong
+        return Credentials("fractfs-test", "not-the-secret", None)
+
+    s._fast._credentials = bad_credentials
+    s.put("k1", b"one")  # refused (SignatureDoesNotMatch) → redone through botocore
+    assert s._fast is None and not s._fast_wanted
+    assert s.get("k1") == b"one" and s.get("k0") == b"zero"
+    assert any("fast S3 path refused" in r.getMessage() for r in caplog.records)
+
+
+def test_sigv4_matches_botocore(monkeypatch: pytest.MonkeyPatch) -> None:
+    import datetime
+
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials as BotoCredentials
+
+    from fractfs.stores._s3fast import Credentials, Signer, quote_key
+
+    now = datetime.datetime(2026, 3, 4, 5, 6, 7, tzinfo=datetime.timezone.utc)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now.replace(tzinfo=None))
+    for token in (None, "session-token/+="):
+        for base in ("http://127.0.0.1:8333/bucket/", "https://bucket.s3.eu-west-1.amazonaws.com/"):
+            key = "app/objects/ab/a b+c=d~e%f\u00fc.bin"
+            url = base + quote_key(key)
+            body = b"payload bytes"
+            payload = hashlib.sha256(body).hexdigest()
+            ours = Signer("eu-west-1").sign("PUT", url, Credentials("AKID", "SECRET", token), payload, now)
+
+            req = AWSRequest(method="PUT", url=url, data=body, headers={"X-Amz-Content-SHA256": payload})
+            req.context["payload_signing_enabled"] = True
+            botocore.auth.S3SigV4Auth(BotoCredentials("AKID", "SECRET", token), "s3", "eu-west-1").add_auth(req)
+            assert ours["Authorization"] == req.headers["Authorization"], (base, token)
+            assert ours["X-Amz-Date"] == req.headers["X-Amz-Date"]
+
+
+def test_target_from_request() -> None:
+    from fractfs.stores._s3fast import target_from_request
+
+    auth = "AWS4-HMAC-SHA256 Credential=AK/20260101/eu-west-1/s3/aws4_request, SignedHeaders=host, Signature=x"
+    t = target_from_request("https://b.s3.eu-west-1.amazonaws.com/app/p%20q", auth, {}, "app/p q")
+    assert t is not None and t.base_url == "https://b.s3.eu-west-1.amazonaws.com/" and t.region == "eu-west-1"
+    t = target_from_request("http://127.0.0.1:1/b/app/p", auth, {"X-Amz-Date": "x"}, "app/p")
+    assert t is not None and t.base_url == "http://127.0.0.1:1/b/"
+    # Things the lean client does not reproduce keep the store on botocore.
+    assert target_from_request("http://h/b/app/p", auth, {"x-amz-server-side-encryption-customer-key": "k"},
+                               "app/p") is None
+    assert target_from_request("http://h/b/app/p", auth.replace("/s3/", "/s3express/"), {}, "app/p") is None
+    assert target_from_request("http://h/b/app/p", "AWS AK:sig", {}, "app/p") is None
+    assert target_from_request("http://h/b/other", auth, {}, "app/p") is None

@@ -102,4 +102,4 @@ def resolve(path: _PathLike) -> Tier:
     resolver = rt.resolver if rt is not None else TierResolver(config)
     rel = relpath_for(config, path)
     is_dir = (config.root / rel).is_dir() if rel else True
-    return resolver.resolve(rel, is_dir)  # type: ignore[no-any-return]
+    return resolver.resolve(rel, is_dir)

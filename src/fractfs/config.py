@@ -108,7 +108,8 @@ _SCALARS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "grace": ("seconds", ("GRACE",), ()),
 }
 _TABLES = {"dirs": "paths", "local": "patterns", "ignore": "patterns"}
-_ENV_ONLY = {"ROOT"}
+#: variables read elsewhere (root discovery, the S3 fast path switch in stores/fsspec.py)
+_ENV_ONLY = {"ROOT", "S3_FAST_PATH"}
 
 
 def find_root(start: Optional[Path] = None) -> Path:

@@ -396,6 +396,7 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
     names = sorted(sized)
     newest = names[-1] if names else None
     walked = scan.walk(areas, want, _exclusions(areas, [sdir]))
+    _remove_stale_temps(walked.temps)
 
     # "synced": the store's newest manifest is the one this cache was written after committing, and still
     # has the size we wrote (a truncated or emptied manifest is caught here for the price of the listing;
@@ -679,6 +680,22 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
     else:
         log.debug("fractfs: checkpoint: no change to commit (%.3fs)", result.duration)
     return result
+
+
+#: A restore temp file this old (by ctime, which utime cannot move) was left by a restore that died.
+STALE_TEMP_NS = 3600 * 10**9
+
+
+def _remove_stale_temps(paths: list[str]) -> None:
+    now = time.time_ns()
+    for p in paths:
+        try:
+            st = os.lstat(p)
+            if st.st_mode & 0o170000 in (S_IFREG, S_IFLNK) and now - st.st_ctime_ns > STALE_TEMP_NS:
+                os.unlink(p)
+                log.info("fractfs: removed %s, left behind by an interrupted restore", p)
+        except OSError:
+            pass
 
 
 def _relocate(e: Entry, loc: Entry | None, obj: str = "") -> Entry:

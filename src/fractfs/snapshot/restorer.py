@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import stat
@@ -125,6 +126,8 @@ class _Writer:
         self.errors: list[str] = []
         self.bytes = 0
         self.touched_dirs: set[str] = set()
+        self.run_id = uuid.uuid4().hex[:12]
+        self.counter = itertools.count()
 
     def _fail(self, e: Entry, msg: str) -> None:
         log.error("fractfs: restore: %s: %s", e.label, msg)
@@ -152,9 +155,9 @@ class _Writer:
                 h.update(chunk)
         return h.hexdigest() == e.sha256
 
-    @staticmethod
-    def _tmp_for(dest: str) -> str:
-        return os.path.join(os.path.dirname(dest), f"{TMP_PREFIX}{uuid.uuid4().hex[:16]}")
+    def _tmp_for(self, dest: str) -> str:
+        # one random id per restore plus a counter: no entropy syscall per file
+        return os.path.join(os.path.dirname(dest), f"{TMP_PREFIX}{self.run_id}-{next(self.counter)}")
 
     def write_bytes(self, dest: str, data: bytes | memoryview, e: Entry) -> None:
         if self.abort.is_set():

@@ -40,6 +40,8 @@ class WalkResult:
     #: Per area: paths that could not be listed or stat'ed ("" = the whole area, "x/" = a subtree). Whatever
     #: the previous snapshot had under them is carried forward: unreadable must never look like deleted.
     trouble: dict[str, list[str]] = field(default_factory=dict)
+    #: Restore temp files seen (never recorded); the engine removes old ones a crashed restore left behind.
+    temps: list[str] = field(default_factory=list)
 
 
 def walk(areas: dict[str, Path], want: Want, exclude: frozenset[str]) -> WalkResult:
@@ -47,14 +49,14 @@ def walk(areas: dict[str, Path], want: Want, exclude: frozenset[str]) -> WalkRes
     for area in sorted(areas):
         recs: list[Rec] = []
         trouble: list[str] = []
-        _walk_area(area, os.fspath(areas[area]), want, exclude, recs, trouble)
+        _walk_area(area, os.fspath(areas[area]), want, exclude, recs, trouble, res.temps)
         res.records[area] = recs
         res.trouble[area] = trouble
     return res
 
 
 def _walk_area(area: str, top: str, want: Want, exclude: frozenset[str], out: list[Rec],
-               trouble: list[str]) -> None:
+               trouble: list[str], temps: list[str]) -> None:
     # Written flat and with local names on purpose: this loop is the whole cost of a no-op checkpoint.
     app = out.append
     stack: list[tuple[str, str]] = [("", top)]
@@ -76,6 +78,7 @@ def _walk_area(area: str, top: str, want: Want, exclude: frozenset[str], out: li
             for e in it:
                 name = e.name
                 if name.startswith(TMP_PREFIX):
+                    temps.append(e.path)
                     continue
                 rel = prefix + name
                 is_dir = False

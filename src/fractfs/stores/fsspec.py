@@ -342,7 +342,9 @@ class FsspecStore:
     async def _aput(self, key: str, path: str, data: bytes, exclusive: bool) -> None:
         if self._is_s3:
             # exclusive → conditional PUT (If-None-Match: *): the server refuses atomically if the key
-            # exists (AWS since 2024, SeaweedFS, MinIO); the refusal (412) becomes AlreadyExists.
+            # exists (AWS since 2024, SeaweedFS, MinIO); the refusal (412) becomes AlreadyExists. If a
+            # response is lost and the retry meets our own first write, the caller sees AlreadyExists
+            # too; callers that care read the object back (manifests are checksummed anyway).
             match = {"IfNoneMatch": "*"} if exclusive else {}
             await self._via_fast(
                 lambda fast: fast.put(self._object_key(key), data, if_none_match=exclusive),

@@ -313,7 +313,10 @@ class PosixStore:
                         raise self._error("read", src_path, exc) from exc
                     if not n:
                         break
-                    dst.write(view[:n])
+                    # an unbuffered write may be short (e.g. a nearly full disk): loop until it all landed
+                    done = 0
+                    while done < n:
+                        done += dst.write(view[done:n]) or 0
         finally:
             os.close(src)
 
