@@ -11,11 +11,13 @@ import logging
 import os
 import posixpath
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from .errors import ConfigError
+from .tiers import unusable_pattern
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,6 +27,8 @@ else:  # pragma: no cover - exercised on 3.9/3.10 only
 log = logging.getLogger("fractfs")
 
 CONFIG_FILENAME = ".fractfs.toml"
+#: Upper bound for every "seconds" setting (sync_interval, grace, lease_timeout): one year.
+MAX_SECONDS = 366 * 86400
 BACKENDS = ("volumes", "local", "s3", "databricks")
 
 
@@ -44,6 +48,7 @@ class Config:
     transfers: int = 16
     sync_mode: str = "interval"
     grace: float = 8.0
+    lease_timeout: float = 30.0              #: seconds without a heartbeat before another node takes over
     dirs: tuple[str, ...] = ()               #: normalized relative POSIX paths, e.g. "data/blobs"
     local_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
@@ -106,6 +111,7 @@ _SCALARS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "transfers": ("int", ("TRANSFERS",), ()),
     "sync_mode": ("str", ("SYNC_MODE",), ()),
     "grace": ("seconds", ("GRACE",), ()),
+    "lease_timeout": ("seconds", ("LEASE_TIMEOUT",), ()),
 }
 _TABLES = {"dirs": "paths", "local": "patterns", "ignore": "patterns"}
 #: variables read elsewhere (root discovery, the S3 fast path switch in stores/fsspec.py)
@@ -155,12 +161,38 @@ def _coerce(kind: str, value: object, where: str) -> object:
             raise ConfigError(f"{where} = {value!r}: expected a whole number")
         if not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
             raise ConfigError(f"{where} = {value!r}: expected a finite number")
+        if kind == "seconds" and value > MAX_SECONDS:
+            # timers, joins and lock waits take these as timeouts: beyond what the OS accepts they raise
+            # OverflowError inside the sync thread, which would then die silently
+            raise ConfigError(f"{where} = {value!r}: at most {MAX_SECONDS} seconds (a year)")
         return float(value) if kind == "seconds" else value
     if not isinstance(value, str):
         raise ConfigError(f"{where} = {value!r}: expected a string, got {type(value).__name__}")
     if "\x00" in value:
         raise ConfigError(f"{where}: contains a NUL character")
+    bad = _control(value)
+    if bad is not None:
+        # a newline or tab pasted into a path or name is a mistake, and would name a directory or store key
+        raise ConfigError(f"{where} = {value!r} contains the control character {bad!r}")
     return value
+
+
+def _control(value: str) -> str | None:
+    for ch in value:
+        if ord(ch) < 32 or ord(ch) == 127:
+            return ch
+    return None
+
+
+def _check_path_length(path: str, where: str) -> None:
+    """Refuse what no filesystem here could create (255-byte names, 4095-byte paths)."""
+    raw = path.encode("utf-8", "surrogateescape")
+    if len(raw) > 4095:
+        raise ConfigError(f"{where}: path is too long ({len(raw)} bytes; at most 4095)")
+    for part in raw.split(b"/"):
+        if len(part) > 255:
+            raise ConfigError(f"{where}: path component {part[:40].decode('utf-8', 'replace')!r}... is longer "
+                              "than 255 bytes")
 
 
 def _suggest(key: str, known: Sequence[str]) -> str:
@@ -188,6 +220,14 @@ def _check_relpath(value: str, where: str) -> str:
         raise ConfigError(f"{where} is empty; give a directory relative to the app root, e.g. 'data/blobs'")
     if "\x00" in value:
         raise ConfigError(f"{where} = {value!r} contains a NUL character")
+    bad = _control(value)
+    if bad is not None:
+        raise ConfigError(f"{where} = {value!r} contains the control character {bad!r}")
+    if "\\" in value:
+        raise ConfigError(f"{where} = {value!r} contains a backslash; separate directories with '/'")
+    if any(part != part.strip() for part in value.split("/")):
+        raise ConfigError(f"{where} = {value!r} has a name that starts or ends with whitespace (a typo?); "
+                          "remove the spaces")
     if value.startswith("/") or value.startswith("~") or (len(value) > 1 and value[1] == ":"):
         raise ConfigError(f"{where} = {value!r} is absolute; [dirs] paths are relative to the app root")
     norm = posixpath.normpath(value)
@@ -320,10 +360,17 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
             if not vol_path.is_absolute():
                 vol_path = root_path / vol_path
             volume_root = os.path.abspath(vol_path)
+            _check_path_length(volume_root, where("volume_root"))
         elif backend == "s3":
             if not _is_url(volume_root):
                 raise ConfigError(f"{where('volume_root')} = {volume_root!r}: backend 's3' needs a URL such "
                                   "as s3://bucket/prefix (for a mounted path use backend = \"volumes\")")
+            if any(ch.isspace() for ch in volume_root):
+                raise ConfigError(f"{where('volume_root')} = {volume_root!r} contains whitespace, which no bucket "
+                                  "or object URL has")
+            if not volume_root.split("://", 1)[1].split("/", 1)[0]:
+                raise ConfigError(f"{where('volume_root')} = {volume_root!r} names no bucket; use a URL such "
+                                  "as s3://bucket/prefix")
         elif backend == "databricks":
             if not volume_root.startswith("/Volumes/"):
                 raise ConfigError(f"{where('volume_root')} = {volume_root!r}: backend 'databricks' needs a "
@@ -338,6 +385,7 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
     if not scratch.is_absolute():
         scratch = root_path / scratch
     scratch = Path(os.path.abspath(scratch))
+    _check_path_length(str(scratch), where("scratch"))
 
     # -- checkpoint subdir: one plain relative name below the Volume root
     sub = values.get("checkpoint_subdir", "_checkpoint")
@@ -354,6 +402,9 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
     grace = float(values.get("grace", 8.0))  # type: ignore[arg-type]
     if grace <= 0:
         raise ConfigError(f"{where('grace')} = {grace:g}: must be a positive number of seconds")
+    lease_timeout = float(values.get("lease_timeout", 30.0))  # type: ignore[arg-type]
+    if lease_timeout <= 0:
+        raise ConfigError(f"{where('lease_timeout')} = {lease_timeout:g}: must be a positive number of seconds")
     keep = values.get("keep_snapshots", 10)
     assert isinstance(keep, int)
     if keep < 1:
@@ -391,17 +442,37 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
             if norm == other or norm.startswith(other + "/") or other.startswith(norm + "/"):
                 raise ConfigError(f"{fname}: [dirs].paths[{i}] = {item!r} overlaps [dirs].paths[{j}] = "
                                   f"{dirs_raw[j]!r}; [dirs] entries must not contain one another")
+            a, b = unicodedata.normalize("NFC", norm), unicodedata.normalize("NFC", other)
+            if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
+                # different bytes that render the same (composed vs decomposed accents): two directories a
+                # reader cannot tell apart, and one on filesystems that normalize names
+                raise ConfigError(f"{fname}: [dirs].paths[{i}] = {item!r} and [dirs].paths[{j}] = "
+                                  f"{dirs_raw[j]!r} are the same name in different Unicode forms; keep one")
         first = norm.split("/")[0]
         if first == sub_norm.split("/")[0]:
             raise ConfigError(f"{fname}: [dirs].paths[{i}] = {item!r} collides with the checkpoint area "
                               f"{sub_norm!r} on the Volume; rename the directory or set checkpoint_subdir")
         if norm == CONFIG_FILENAME:
             raise ConfigError(f"{fname}: [dirs].paths[{i}] names the config file itself")
+        # Provisioning creates the link root/<path>; an existing symlink on the way would put it (and every
+        # file the app writes there) wherever that symlink points, outside the app root.
+        parts = norm.split("/")
+        for k in range(1, len(parts)):
+            on_the_way = root_path.joinpath(*parts[:k])
+            if on_the_way.is_symlink():
+                raise ConfigError(
+                    f"{fname}: [dirs].paths[{i}] = {item!r} goes through {on_the_way}, which is a symlink (to "
+                    f"{os.readlink(on_the_way)!r}): the [dirs] link would be created outside the app root. Use "
+                    "a path through real directories, or point [dirs] at the symlink's target instead")
         dirs.append(norm)
     for table in ("local", "ignore"):
         for i, pat in enumerate(string_list(table)):
             if not pat.strip():
                 raise ConfigError(f"{fname}: [{table}].patterns[{i}] is empty; remove it")
+            dead = unusable_pattern(pat)
+            if dead is not None and not pat.startswith("#"):
+                # git would keep such a line and never match it; a rule that silently does nothing is a mistake
+                raise ConfigError(f"{fname}: [{table}].patterns[{i}] = {pat!r} can never match anything: {dead}")
 
     # -- where [dirs] land
     dirs_root_raw = values.get("dirs_root")
@@ -410,6 +481,7 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
         if _is_url(dirs_root_raw):
             raise ConfigError(f"{where('dirs_root')} = {dirs_root_raw!r}: must be a mounted POSIX path")
         dirs_root = Path(os.path.abspath(Path(dirs_root_raw).expanduser()))
+        _check_path_length(str(dirs_root), where("dirs_root"))
     elif volume_root is not None and backend in ("volumes", "local"):
         dirs_root = Path(volume_root)
     if dirs and volume_root is not None and dirs_root is None:
@@ -463,6 +535,7 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
         transfers=transfers,
         sync_mode=sync_mode,
         grace=grace,
+        lease_timeout=lease_timeout,
         dirs=tuple(dirs),
         local_patterns=string_list("local"),
         ignore_patterns=string_list("ignore"),

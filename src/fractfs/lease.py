@@ -1,0 +1,352 @@
+"""One writer per checkpoint area: a lease object on the store, kept alive by a heartbeat.
+
+Layout (see docs/format.md, "Lease"): the lease is the object ``locks/lease.<generation>`` with the highest
+generation (12 digits). Taking the lease means creating generation ``g + 1`` with an *exclusive* put
+(``If-None-Match: *`` on S3, link/``O_EXCL`` on a POSIX volume), so of several nodes racing for the same
+generation exactly one wins, and nobody ever deletes or overwrites a key another node might just have created.
+The holder overwrites its own key with a growing ``beat`` counter; at each beat it also lists ``locks/`` and
+gives up as soon as a higher generation exists.
+
+Staleness is judged by the *reader's* clock: a lease whose bytes have not changed for ``timeout`` seconds of
+the observer's own monotonic time is stale, whatever the writer's clock says. The writer's wall-clock
+timestamp is only used for a lease that is obviously ancient (older than ``timeout`` plus a generous skew
+allowance), so a node restarted long after a crash does not wait a full timeout first.
+
+The holder treats its lease as valid for ``timeout / 2`` after the start of its last successful renewal, so it
+stops committing snapshots well before an observer may take over (see :meth:`Lease.valid`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional
+
+from .errors import AlreadyExists, FractfsError, StoreNotFound
+from .stores.base import Store
+
+log = logging.getLogger("fractfs")
+
+PREFIX = "locks/"
+_NAME = "lease."
+_DIGITS = 12
+FORMAT = "fractfs-lease"
+VERSION = 1
+#: A lease whose writer timestamp is older than timeout + this is taken over without waiting to watch it.
+#: Large, so that only clocks that are wrong by minutes could make a live holder look ancient.
+MAX_CLOCK_SKEW = 120.0
+
+
+class LeaseLost(FractfsError):
+    """This node no longer holds (or cannot confirm) the checkpoint lease, so it must not commit."""
+
+
+def lease_key(generation: int) -> str:
+    return f"{PREFIX}{_NAME}{generation:0{_DIGITS}d}"
+
+
+def parse_generation(key: str) -> Optional[int]:
+    """The generation of a ``locks/lease.<n>`` key, None for anything else found under ``locks/``."""
+    if not key.startswith(PREFIX + _NAME):
+        return None
+    tail = key[len(PREFIX + _NAME):]
+    if len(tail) != _DIGITS or not tail.isdigit():
+        return None
+    return int(tail)
+
+
+@dataclass
+class LeaseRecord:
+    generation: int
+    node: str
+    token: str          #: random per acquisition: tells two acquisitions by the same node apart
+    beat: int           #: heartbeat counter; observers watch it change
+    time: float         #: writer's wall clock at this beat (seconds since the epoch; a hint only)
+    acquired: float     #: writer's wall clock when it took the lease
+    timeout: float      #: the writer's lease_timeout, for humans reading the object
+    host: str = ""
+    pid: int = 0
+    released: bool = False
+
+    def encode(self) -> bytes:
+        doc: dict[str, Any] = {"format": FORMAT, "version": VERSION}
+        doc.update(asdict(self))
+        return json.dumps(doc, sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Optional[LeaseRecord]:
+        """The record, or None for bytes that are not a complete lease (torn, foreign, newer version)."""
+        try:
+            doc = json.loads(data.decode("utf-8"))
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+                return None
+            return cls(
+                generation=int(doc["generation"]), node=str(doc["node"]), token=str(doc["token"]),
+                beat=int(doc["beat"]), time=float(doc["time"]), acquired=float(doc["acquired"]),
+                timeout=float(doc["timeout"]), host=str(doc.get("host", "")), pid=int(doc.get("pid", 0)),
+                released=bool(doc.get("released", False)),
+            )
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return None
+
+
+class Lease:
+    """The checkpoint lease as seen by one node. Thread-safe; every method does at most a few store calls.
+
+    Call :meth:`tick` periodically (every ``timeout / 4``): it renews the lease when held, or tries to take it
+    (free, released or stale) when not. :meth:`valid` is the cheap, local check made right before a commit.
+    """
+
+    def __init__(self, store: Store, node_id: str, timeout: float, *,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
+        if timeout <= 0:
+            raise ValueError(f"lease timeout must be positive, got {timeout}")
+        self.store = store
+        self.node_id = node_id
+        self.timeout = float(timeout)
+        self._clock = clock
+        self._wall = wall
+        self._lock = threading.RLock()
+        self.held = False
+        self.generation: Optional[int] = None
+        self._token = ""
+        self._beat = 0
+        self._acquired = 0.0
+        self._renewed_at: Optional[float] = None  # clock() at the *start* of the last confirmed renewal
+        # what we last saw on the store: (generation, raw bytes) and since when (our clock)
+        self._seen: Optional[tuple[int, bytes]] = None
+        self._seen_since = 0.0
+        self.holder: Optional[LeaseRecord] = None  # newest record read (ours or someone else's)
+        self.holder_key: Optional[str] = None
+        self.last_error: Optional[str] = None
+        self.last_error_time: Optional[float] = None
+        self.takeovers = 0  # how many times this node took a stale lease
+
+    # -- the local view --------------------------------------------------------------------------------
+    @property
+    def beat_period(self) -> float:
+        return self.timeout / 4.0
+
+    def valid(self) -> bool:
+        """True while we hold the lease and renewed it less than ``timeout / 2`` ago (by our clock).
+
+        An observer needs ``timeout`` of unchanged heartbeats, counted from a moment after our last renewal
+        started, before it takes over; stopping at half of that leaves the other half for the commit in
+        flight and for clocks that tick at slightly different rates.
+        """
+        with self._lock:
+            return (self.held and self._renewed_at is not None
+                    and self._clock() - self._renewed_at < self.timeout / 2.0)
+
+    def observed_age(self) -> Optional[float]:
+        """Seconds since the lease we watch last changed (our clock); None before the first look."""
+        with self._lock:
+            if self._seen is None:
+                return None
+            return max(0.0, self._clock() - self._seen_since)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable summary for status()."""
+        with self._lock:
+            rec = self.holder
+            held = self.valid()
+            if held:
+                state = "held"
+            elif self.held:
+                state = "unconfirmed"  # ours, but the last renewal is too old to commit on
+            elif rec is not None and not rec.released:
+                state = "standby"
+            elif rec is not None and rec.released:
+                state = "free"
+            else:
+                state = "unknown" if self._seen is None and self.last_error else "free"
+            holder = None if rec is None or rec.released else rec.node
+            return {
+                "state": state,
+                "held": held,
+                "holder": self.node_id if self.held else holder,
+                "generation": self.generation if self.held else (rec.generation if rec else None),
+                "key": lease_key(self.generation) if self.held and self.generation else self.holder_key,
+                "holder_heartbeat_time": rec.time if rec else None,
+                "holder_heartbeat_age": None if self.held else self.observed_age(),
+                "timeout": self.timeout,
+                "takeovers": self.takeovers,
+                "last_error": self.last_error,
+                "last_error_time": self.last_error_time,
+            }
+
+    # -- store operations ------------------------------------------------------------------------------
+    def _generations(self) -> list[int]:
+        gens = []
+        for key, _size in self.store.list(PREFIX):
+            g = parse_generation(key)
+            if g is not None:
+                gens.append(g)
+        return sorted(gens)
+
+    def _record_error(self, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error_time = self._wall()
+
+    def tick(self) -> bool:
+        """Renew (holder) or try to acquire (everyone else). Returns whether the lease is held and valid.
+
+        Store errors propagate (and are remembered in ``last_error``); the caller retries at the next tick.
+        """
+        with self._lock:
+            try:
+                if self.held:
+                    self._renew()
+                if not self.held:
+                    self._try_acquire()
+            except Exception as exc:
+                self._record_error(exc)
+                raise
+            self.last_error = None
+            return self.valid()
+
+    def _lose(self, why: str) -> None:
+        log.warning("fractfs: lost the checkpoint lease (%s); this node stops writing checkpoints", why)
+        self.held = False
+        self._renewed_at = None
+        self.generation = None
+
+    def _renew(self) -> None:
+        started = self._clock()
+        gen = self.generation
+        assert gen is not None
+        gens = self._generations()
+        if not gens or gens[-1] != gen:
+            newer = [g for g in gens if g > gen]
+            self._lose(f"generation {newer[-1]} is newer than ours ({gen})" if newer
+                       else f"our lease object {lease_key(gen)} disappeared")
+            return
+        try:
+            current = LeaseRecord.decode(self.store.get(lease_key(gen)))
+        except StoreNotFound:
+            self._lose(f"our lease object {lease_key(gen)} disappeared")
+            return
+        if current is not None and current.token != self._token:
+            self._lose(f"{lease_key(gen)} now belongs to {current.node}")
+            return
+        self._beat += 1
+        rec = self._record(gen)
+        self.store.put(lease_key(gen), rec.encode())
+        self._renewed_at = started
+        self.holder = rec
+        self.holder_key = lease_key(gen)
+        for old in gens[:-1]:  # leftovers of earlier holders: only the newest generation counts
+            self._delete_quiet(lease_key(old))
+
+    def _record(self, generation: int, *, released: bool = False) -> LeaseRecord:
+        return LeaseRecord(generation=generation, node=self.node_id, token=self._token, beat=self._beat,
+                           time=self._wall(), acquired=self._acquired, timeout=self.timeout,
+                           host=socket.gethostname(), pid=os.getpid(), released=released)
+
+    def _try_acquire(self) -> None:
+        gens = self._generations()
+        if not gens:
+            self._create(1, None)
+            return
+        top = gens[-1]
+        try:
+            raw = self.store.get(lease_key(top))
+        except StoreNotFound:
+            return  # released and cleaned up between list and get; look again next tick
+        rec = LeaseRecord.decode(raw)
+        now = self._clock()
+        if self._seen != (top, raw):
+            self._seen = (top, raw)
+            self._seen_since = now
+        self.holder = rec
+        self.holder_key = lease_key(top)
+        if rec is not None and rec.released:
+            self._create(top + 1, None)
+            return
+        unchanged_for = now - self._seen_since
+        ancient = rec is not None and self._wall() - rec.time > self.timeout + MAX_CLOCK_SKEW
+        if unchanged_for >= self.timeout or ancient:
+            who = rec.node if rec is not None else "an unreadable lease"
+            why = (f"its heartbeat is {self._wall() - rec.time:.0f}s old by its own clock" if ancient and rec
+                   else f"no heartbeat for {unchanged_for:.1f}s")
+            self._create(top + 1, f"{who} ({why})")
+
+    def _create(self, generation: int, stale_from: Optional[str]) -> None:
+        started = self._clock()
+        token = uuid.uuid4().hex
+        prev = (self.generation, self._token, self._beat, self._acquired)
+        self.generation, self._token, self._beat, self._acquired = generation, token, 0, self._wall()
+        rec = self._record(generation)
+        key = lease_key(generation)
+        try:
+            self.store.put(key, rec.encode(), exclusive=True)
+        except AlreadyExists:
+            self.generation, self._token, self._beat, self._acquired = prev
+            log.debug("fractfs: another node took lease generation %d first", generation)
+            return
+        except BaseException:
+            self.generation, self._token, self._beat, self._acquired = prev
+            raise
+        # Confirm: read it back and make sure nobody is already past us. An exclusive create that the store
+        # could only emulate (check-then-write) is caught here when the other writer landed second.
+        back = LeaseRecord.decode(self.store.get(key))
+        gens = self._generations()
+        if back is None or back.token != token or (gens and gens[-1] != generation):
+            self.generation, self._token, self._beat, self._acquired = prev
+            log.warning("fractfs: lease generation %d was contended; not taking it", generation)
+            return
+        self.held = True
+        self._renewed_at = started
+        self.holder = rec
+        self.holder_key = key
+        self._seen = None
+        for g in gens:
+            if g < generation:
+                self._delete_quiet(lease_key(g))
+        if stale_from is not None:
+            self.takeovers += 1
+            log.warning("fractfs: took over the checkpoint lease from %s; this node now writes checkpoints",
+                        stale_from)
+        else:
+            log.info("fractfs: acquired the checkpoint lease (generation %d)", generation)
+
+    def _delete_quiet(self, key: str) -> None:
+        try:
+            self.store.delete(key)
+        except Exception as exc:  # noqa: BLE001 - a leftover old generation is harmless, retried next beat
+            log.debug("fractfs: could not delete old lease %s: %s", key, exc)
+
+    def release(self) -> None:
+        """Give the lease up: stop committing first, then delete our lease object.
+
+        The next node then creates a fresh generation with an exclusive put. Generation numbers may restart
+        after a release; identity is the random ``token``, which every renewal checks, so a former holder can
+        never mistake a later lease for its own.
+        """
+        with self._lock:
+            if not self.held:
+                return
+            gen = self.generation
+            assert gen is not None
+            self.held = False  # first: valid() is now False, so nothing commits past this point
+            self._renewed_at = None
+            self.generation = None
+            try:
+                current = LeaseRecord.decode(self.store.get(lease_key(gen)))
+                if current is not None and current.token == self._token:
+                    self.store.delete(lease_key(gen))
+                    self.holder = None
+                    self.holder_key = None
+                    log.info("fractfs: released the checkpoint lease (generation %d)", gen)
+            except StoreNotFound:
+                pass
+            except Exception as exc:
+                # not fatal: the lease just goes stale and is taken over after the timeout
+                self._record_error(exc)
+                log.warning("fractfs: could not release the checkpoint lease (%s); another node can take it "
+                            "after %.0fs", exc, self.timeout)

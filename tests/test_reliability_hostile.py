@@ -1,0 +1,212 @@
+"""Hostile checkpoints, through the whole app: someone who can write to the store plants a snapshot; a fresh node
+must still start, refuse every hostile entry with a message in ``status()["warnings"]``, restore the honest
+ones, and write nothing outside its root and scratch.
+
+tests/test_snapshot_restore.py covers the entry checks at the ``fractfs.snapshot.restore`` level; these tests
+add what only the app shows: ``init()`` survives, the messages reach ``status()``, the deploy bundle's own
+symlinks and the ``[dirs]`` links are not written through, and a manifest built to exhaust memory is refused.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+from test_reliability_support import (
+    Node,
+    file_entry,
+    newest_seq,
+    put_object,
+    put_pack,
+    raw_manifest,
+    snapshot_tree,
+    temp_files,
+)
+
+from fractfs.snapshot.format import FORMAT_NAME, SnapName
+from fractfs.stores import PosixStore
+
+CONFIG = """\
+[dirs]
+paths = ["data/blobs"]
+[local]
+patterns = ["manifest.json"]
+[ignore]
+patterns = ["*.tmp"]
+"""
+
+STATUS = """
+st = fractfs.init()
+out = {"warnings": st["warnings"], "restore": st["restore"], "initialized": st["initialized"]}
+fractfs.shutdown(final_sync=False)
+print(json.dumps(out))
+"""
+
+
+def _outside(tmp_path: Path, node: Node) -> dict[str, tuple[object, ...]]:
+    """Everything the app may not touch: all of tmp_path but its root, scratch and checkpoint area."""
+    return snapshot_tree(tmp_path, skip=(node.root, node.scratch, Path(node.volume) / "_checkpoint"))
+
+
+def _legit_snapshot(node: Node) -> None:
+    node.run("""
+        fractfs.init()
+        os.makedirs("state", exist_ok=True)
+        open("state/a.txt", "w").write("alpha")
+        open("notes.txt", "w").write("honest")
+        open("data/blobs/manifest.json", "w").write('{"v": 1}')
+        fractfs.sync_now()
+        fractfs.shutdown(final_sync=False)
+    """)
+
+
+def test_hostile_snapshot_is_refused_and_the_app_starts(tmp_path: Path, plain_volume: Path) -> None:
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    # the deploy bundle itself ships a symlink that leads out of the root: nothing may be written through it
+    node = Node(tmp_path / "node", plain_volume, CONFIG, bundle={"bundle-link": "->../../canary"})
+    _legit_snapshot(node)
+
+    store = PosixStore(plain_volume / "_checkpoint")
+    payload, good, setuid = b"pwned\n", b"fine\n", b"#!/bin/sh\necho hi\n"
+    pid, (bad, ok, suid) = put_pack(store, [payload, good, setuid])
+    pack_len = len(payload) + len(good) + len(setuid)
+    big_oid = put_object(store, b"x" * 4096)
+    hostile = {
+        # path tricks
+        "../escape": file_entry("../escape", pid, bad),
+        "/abs": file_entry(str(canary / "abs"), pid, bad),
+        "a/../../escape2": file_entry("a/../../escape2", pid, bad),
+        "nul": file_entry("nul\x00byte", pid, bad),
+        "area": {"area": "../root", "path": "x", "type": "dir", "mode": 0o755},
+        "scratch-up": file_entry("../up", pid, bad, area="scratch"),
+        # writing through symlinks that already exist on disk: the bundle's, and the [dirs] link to the Volume
+        "bundle-link/payload": file_entry("bundle-link/payload", pid, bad),
+        "data/blobs/planted": file_entry("data/blobs/planted", pid, bad),
+        # symlinks that lead out, alone or chained
+        "evil-rel": {"area": "root", "path": "evil-rel", "type": "symlink", "target": "../../canary",
+                     "mtime_ns": 1},
+        "evil-abs": {"area": "root", "path": "evil-abs", "type": "symlink", "target": str(canary),
+                     "mtime_ns": 1},
+        "chain": {"area": "root", "path": "chain", "type": "symlink", "target": "c/up/..", "mtime_ns": 1},
+        # lies about the content
+        "dup": file_entry("dup", pid, bad),
+        "huge-pack": file_entry("huge-pack", pid, (0, 10**15, hashlib.sha256(payload).hexdigest())),
+        "huge-object": {"area": "root", "path": "huge-object", "type": "file", "mode": 0o644, "size": 10**15,
+                        "mtime_ns": 1, "sha256": big_oid, "object": big_oid},
+        "wrong-hash": file_entry("wrong-hash", pid, (bad[0], bad[1], hashlib.sha256(b"other").hexdigest())),
+        "truncated-pack": file_entry("truncated-pack", pid, (pack_len - 3, 10, "0" * 64)),
+        "missing-pack": file_entry("missing-pack", "ab" * 32, (0, 5, "1" * 64)),
+        "bad-type": {"area": "root", "path": "fifo", "type": "fifo", "mode": 0o644},
+    }
+    entries = list(hostile.values()) + [
+        file_entry("dup", pid, ok),
+        {"area": "root", "path": "c", "type": "dir", "mode": 0o755},
+        {"area": "root", "path": "c/up", "type": "symlink", "target": "..", "mtime_ns": 1},
+        # honest neighbours that must still be restored
+        file_entry("good/file", pid, ok),
+        {"area": "root", "path": "good/link", "type": "symlink", "target": "file", "mtime_ns": 1},
+        file_entry("setuid.sh", pid, suid, mode=0o4755),
+        file_entry("notes.txt", pid, ok),
+    ]
+    seq = newest_seq(store)
+    hostile_name = raw_manifest(store, seq + 1, entries)
+    future = raw_manifest(store, seq + 2, [], version=2)  # a newer format this fractfs cannot read
+
+    node.wipe()
+    before = _outside(tmp_path, node)
+    out = node.run(STATUS)
+
+    assert out["initialized"] is True
+    assert out["restore"]["snapshot_id"] == hostile_name.id
+    assert out["restore"]["fell_back_from"] == [future.id]
+    warnings = "\n".join(out["warnings"])
+    assert future.id in warnings
+    for what in hostile:
+        needle = {"/abs": str(canary / "abs"), "nul": "nul", "area": "'../root'", "scratch-up": "../up",
+                  "bad-type": "fifo"}.get(what, what)
+        assert needle in warnings, f"no warning names the hostile entry {what!r}:\n{warnings}"
+    # nothing outside the root and scratch changed; in particular nothing went through the bundle's link
+    assert _outside(tmp_path, node) == before
+    assert list(canary.iterdir()) == []
+    assert not (Path(node.volume) / "data/blobs/planted").exists()
+    for name in ("evil-rel", "evil-abs", "chain", "dup", "huge-pack", "huge-object", "wrong-hash",
+                 "truncated-pack", "missing-pack"):
+        assert not os.path.lexists(node.root / name), name
+    # the honest entries are there, set-uid dropped; the bundle's own files untouched
+    assert (node.root / "good/file").read_bytes() == good
+    assert (node.root / "good/link").read_bytes() == good
+    assert (node.root / "setuid.sh").stat().st_mode & 0o7777 == 0o755
+    assert (node.root / "notes.txt").read_bytes() == good
+    assert os.readlink(node.root / "bundle-link") == "../../canary"
+    assert temp_files(node.root, node.scratch) == []
+
+
+def _bomb(size: int) -> bytes:
+    """A gzip stream of ``size`` bytes of JSON whitespace: about 1 KiB per MiB on the store.
+
+    Built fast by repeating one deflate block: after a sync flush, the block that encodes a MiB of spaces
+    only refers back to earlier spaces, so it is valid at any position in the stream.
+    """
+    chunk = b" " * (1 << 20)
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = comp.compress(chunk) + comp.flush(zlib.Z_SYNC_FLUSH)
+    block = comp.compress(chunk) + comp.flush(zlib.Z_SYNC_FLUSH)
+    tail = comp.flush(zlib.Z_FINISH)
+    n = size // len(chunk)
+    crc = 0
+    for _ in range(n):
+        crc = zlib.crc32(chunk, crc)
+    return (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + head + block * (n - 1) + tail
+            + struct.pack("<II", crc, size & 0xFFFFFFFF))
+
+
+def test_manifest_bomb_is_refused_without_exhausting_memory(tmp_path: Path, plain_volume: Path) -> None:
+    node = Node(tmp_path / "node", plain_volume, CONFIG)
+    _legit_snapshot(node)
+    store = PosixStore(plain_volume / "_checkpoint")
+    seq = newest_seq(store)
+    bomb = _bomb(1 << 30)  # 1 GiB of whitespace in about 1 MiB
+    assert len(bomb) < 2 << 20
+    name = raw_manifest(store, seq + 1, [], data=bomb)
+    node.wipe()
+    out = node.run(STATUS.replace("print(json.dumps(out))", """
+import resource
+out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+print(json.dumps(out))"""))
+    assert out["restore"]["fell_back_from"] == [name.id]
+    assert (node.root / "notes.txt").read_text() == "honest"
+    assert out["maxrss_mb"] < 400, f"inflating the bomb took {out['maxrss_mb']} MB"
+
+
+@pytest.mark.parametrize("doc", [
+    {"format": FORMAT_NAME, "version": 1, "seq": 1, "created_ns": "x", "node": 1, "parent": None, "entries": []},
+    {"format": FORMAT_NAME, "version": 1, "seq": 999, "created_ns": 1, "node": "n", "parent": None,
+     "entries": []},
+    {"format": "something-else", "version": 1},
+    [],
+    {"format": FORMAT_NAME, "version": 1, "seq": 1, "created_ns": 1, "node": "n", "parent": None,
+     "entries": {"not": "a list"}},
+], ids=["mistyped-header", "seq-differs-from-name", "foreign-format", "not-an-object", "entries-not-a-list"])
+def test_malformed_manifest_falls_back_with_a_message(tmp_path: Path, plain_volume: Path, doc: object) -> None:
+    node = Node(tmp_path / "node", plain_volume, CONFIG)
+    _legit_snapshot(node)
+    store = PosixStore(plain_volume / "_checkpoint")
+    seq = newest_seq(store)
+    if isinstance(doc, dict) and doc.get("seq") == 1:
+        doc["seq"] = seq + 1
+    import json
+
+    data = gzip.compress(json.dumps(doc).encode(), mtime=0)
+    name = SnapName(seq + 1, hashlib.sha256(data).hexdigest())
+    store.put(name.key, data)
+    node.wipe()
+    out = node.run(STATUS)
+    assert out["restore"]["fell_back_from"] == [name.id]
+    assert any(name.id in w for w in out["warnings"])
+    assert (node.root / "notes.txt").read_text() == "honest"
