@@ -317,6 +317,11 @@ def child_main(argv: list[str]) -> None:
     side = Side(Path(a.side))
     plan = json.loads(a.kill) if a.kill else None
 
+    if os.environ.get("TORTURE_LOG"):
+        import logging
+
+        logging.basicConfig(filename=os.environ["TORTURE_LOG"], level=getattr(logging, os.environ.get("TORTURE_LOG_LEVEL", "INFO")),
+                            format=f"%(asctime)s {os.getpid()} %(threadName)s %(message)s")
     import fractfs
     import fractfs.stores as stores
     from fractfs.snapshot import prune

@@ -288,6 +288,7 @@ class Lease:
         except AlreadyExists:
             self.generation, self._token, self._beat, self._acquired = prev
             log.debug("fractfs: another node took lease generation %d first", generation)
+            self._observe_winner(key)
             return
         except BaseException:
             self.generation, self._token, self._beat, self._acquired = prev
@@ -314,6 +315,18 @@ class Lease:
                         stale_from)
         else:
             log.info("fractfs: acquired the checkpoint lease (generation %d)", generation)
+
+    def _observe_winner(self, key: str) -> None:
+        """After losing a race for ``key``: learn who won (for status()) and start watching its heartbeat."""
+        try:
+            raw = self.store.get(key)
+        except StoreNotFound:
+            return
+        gen = parse_generation(key)
+        assert gen is not None
+        self._seen, self._seen_since = (gen, raw), self._clock()
+        self.holder = LeaseRecord.decode(raw)
+        self.holder_key = key
 
     def _delete_quiet(self, key: str) -> None:
         try:

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import uuid
-from concurrent.futures import thread as _cf_thread  # noqa: F401 - imported before our exit hook registers
+from concurrent.futures import thread as _cf_thread  # imported (and its exit hook registered) before ours
 from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
@@ -711,6 +711,9 @@ class Runtime:
         self._prev_handlers = {}
 
     def _at_exit(self) -> None:
+        if self.closed:
+            return
+        _join_app_threads()
         # without the daemon (start_daemon=False) the app checkpoints by hand; exit only gives the lease back
         self.shutdown(final_sync=self.daemon is not None, anchor=self._signal_time)
 
@@ -830,6 +833,21 @@ class Runtime:
             os.replace(tmp, sdir / STATUS_FILE)
         except (OSError, TypeError, ValueError) as exc:
             log.debug("fractfs: could not write %s: %s", STATUS_FILE, exc)
+
+
+def _join_app_threads() -> None:
+    """Wait for the app's own non-daemon threads, as the interpreter is about to.
+
+    Our exit hook runs before the interpreter joins them (it has to, see _register_exit_hook), but an app
+    whose main thread has returned may still be writing from one: its final state comes after they end.
+    Thread-pool workers are left out: they only stop once the pools are shut down, after these hooks.
+    """
+    workers = set(getattr(_cf_thread, "_threads_queues", {}).keys())
+    me = threading.current_thread()
+    for t in threading.enumerate():
+        if t is me or t.daemon or t in workers or t is threading.main_thread():
+            continue
+        t.join()
 
 
 def relpath_for(config: Config, path: Union[str, "os.PathLike[str]"]) -> str:

@@ -114,13 +114,17 @@ def detect_bundle(config: Config, resolver: TierResolver, known_state: set[str])
 
 def save_bundle(config: Config, bundle: set[str]) -> None:
     """Persisted for the `fractfs` command, which runs in another process than the app."""
+    tmp = config.state_dir / (BUNDLE_FILE + ".tmp")
     try:
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = config.state_dir / (BUNDLE_FILE + ".tmp")
         tmp.write_text(json.dumps({"root": str(config.root), "files": sorted(bundle)}))
         os.replace(tmp, config.state_dir / BUNDLE_FILE)
     except OSError as exc:
         log.warning("could not record the deploy bundle in %s: %s", config.state_dir, exc)
+        try:
+            tmp.unlink()  # a partial copy left on a full disk only takes room
+        except OSError:
+            pass
 
 
 def load_bundle(config: Config) -> Optional[set[str]]:

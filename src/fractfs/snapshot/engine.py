@@ -748,7 +748,13 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
     db_sides = [(a, r, new_rows[(a, r)][11]) for a, r in dbs]
     if digest_ok and not result.skipped_busy and not result.missed_deadline and all(x[2] for x in db_sides):
         hdr_out.digest = scan.walk_digest(areas, walked, db_sides)
-    scan.write_cache(sdir, hdr_out, rows_out)
+    try:
+        scan.write_cache(sdir, hdr_out, rows_out)
+    except OSError as exc:
+        # The snapshot is committed; the cache only saves the next checkpoint from re-reading files. Whatever
+        # cache is left describes an older snapshot, so the next run compares against the store instead.
+        log.warning("fractfs: checkpoint %s committed, but its stat cache could not be saved in %s (%s); the "
+                    "next checkpoint re-reads changed files", snapshot_id, sdir, exc)
 
     result.duration = time.monotonic() - t0
     if result.missed_deadline:

@@ -248,10 +248,18 @@ def write_cache(state_dir: Path, hdr: CacheHeader, rows: dict[str, dict[str, Cac
         "payload_sha256": hdr.payload_sha256,
     }, separators=(",", ":")).encode() + b"\n"
     tmp = state_dir / f"{CACHE_FILE}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(head)
-        f.write(payload)
-    os.replace(tmp, state_dir / CACHE_FILE)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(head)
+            f.write(payload)
+        os.replace(tmp, state_dir / CACHE_FILE)
+    except BaseException:
+        # a full disk must not leave a partial copy behind, taking the room the next attempt needs
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def drop_cache(state_dir: Path) -> None:

@@ -6,6 +6,7 @@ snapshot of everything committed, WAL included, under a read lock, so that is th
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -13,6 +14,15 @@ import time
 import urllib.parse
 
 log = logging.getLogger("fractfs")
+
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 class SqliteBusy(Exception):
@@ -68,6 +78,11 @@ def backup(src: str, dest: str, timeout: float) -> None:
             last = exc
             if "locked" in str(exc) or "busy" in str(exc):
                 raise SqliteBusy(f"{src}: {exc}") from None
+            if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "disk is full" in str(exc):
+                # our copy ran out of room: the database is fine, and must not fall back to a raw copy
+                _unlink(dest)
+                raise OSError(errno.ENOSPC, f"no room in {os.path.dirname(dest)} for a consistent copy of "
+                              f"{src}") from None
             log.debug("sqlite backup of %s with %s failed: %s", src, params, exc)
         except sqlite3.Error as exc:
             last = exc

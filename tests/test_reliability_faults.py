@@ -1,0 +1,277 @@
+"""Store fault injection: a store that fails, stalls, truncates writes, serves stale listings and flips bits.
+
+``tests/faults.py`` wraps a real store *outside* its own retry layer, so every fault reaches the engine as an
+error that survived the store's retries. What must hold with 10 % of calls faulty:
+
+- checkpoints still complete, by retrying whole checkpoints (what the daemon does): nothing is committed
+  until every blob checked out, so a failed attempt leaves the previous snapshot as the checkpoint;
+- a truncated upload is caught before the manifest references it, so every committed snapshot verifies;
+- restore never writes a wrong byte: what it writes is exactly the snapshot's content, what it cannot
+  verify it does not write, and an unreachable store fails the restore instead of leaving files out;
+- in the app, the sync daemon survives every fault and ``status()["last_error"]`` says what happened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faults import FaultyStore
+from test_reliability_support import Node, temp_files
+
+from fractfs.errors import FractfsError, RestoreError
+from fractfs.snapshot import checkpoint, list_snapshots, prune, restore, verify
+from fractfs.stores import PosixStore
+
+
+def _content(root: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _mutate(app: Path, rng: random.Random, gen: int) -> None:
+    (app / "GEN").write_text(str(gen))
+    for _ in range(rng.randint(1, 12)):
+        p = app / f"d{rng.randint(0, 4)}" / f"f{rng.randint(0, 30)}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(rng.randbytes(rng.choice([0, 100, 5_000, 60_000, 150_000])))
+    for p in sorted(app.rglob("f*")):
+        if rng.random() < 0.05:
+            p.unlink()
+
+
+def _checkpoint_until_done(store: Any, app: Path, state: Path, max_attempts: int = 300) -> tuple[Any, int]:
+    for attempt in range(1, max_attempts + 1):
+        try:
+            return checkpoint(store, {"root": app}, None, state_dir=state, pack_size=96_000,
+                              large_file=100_000, transfers=4), attempt
+        except FractfsError:
+            continue
+    raise AssertionError(f"no checkpoint completed in {max_attempts} attempts")
+
+
+def test_checkpoints_complete_through_ten_percent_faults(tmp_path: Path) -> None:
+    inner = PosixStore(tmp_path / "store")
+    fs = FaultyStore(inner, rate=0.1, seed=11)
+    app, state = tmp_path / "app", tmp_path / "state"
+    app.mkdir()
+    rng = random.Random(5)
+    attempts = []
+    for gen in range(25):
+        _mutate(app, rng, gen)
+        want = _content(app)
+        res, n = _checkpoint_until_done(fs, app, state)
+        attempts.append(n)
+        # the newest snapshot, read without faults, is exactly this generation
+        fs.arm(False)
+        dst = tmp_path / f"restore-{gen}"
+        out = restore(inner, {"root": dst})
+        assert out.snapshot_id == (res.snapshot_id or res.parent)
+        assert not out.errors and not out.refused
+        assert _content(dst) == want
+        shutil.rmtree(dst)
+        fs.arm(True)
+    fs.arm(False)
+    v = verify(inner, "all")
+    # a manifest whose write was cut short may be left behind (damaged, never used); no committed snapshot
+    # references a damaged blob
+    assert v.damaged_files == [] and v.bad_blobs == []
+    summary = fs.summary()
+    assert summary.get("fail", 0) > 20 and summary.get("truncate", 0) > 5, summary
+    assert sum(attempts) > len(attempts), "the faults should have cost some retries"
+    print(json.dumps({"generations": len(attempts), "attempts": attempts, "faults": summary,
+                      "calls": dict(fs.calls)}))
+
+
+def test_truncated_upload_never_becomes_part_of_a_snapshot(tmp_path: Path) -> None:
+    inner = PosixStore(tmp_path / "store")
+    fs = FaultyStore(inner, rate=1.0, kinds=("truncate",))
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "small").write_bytes(os.urandom(5000))
+    (app / "large").write_bytes(os.urandom(200_000))
+    with pytest.raises(FractfsError, match="lost part of the write"):
+        checkpoint(fs, {"root": app}, None, state_dir=tmp_path / "state", large_file=100_000)
+    assert [s for s in list_snapshots(inner) if s.valid] == []
+    fs.arm(False)
+    res = checkpoint(fs, {"root": app}, None, state_dir=tmp_path / "state", large_file=100_000)
+    assert res.snapshot_id and verify(inner, "all").ok
+
+
+def test_a_complete_blob_is_never_rewritten(tmp_path: Path) -> None:
+    """A blob another snapshot references must not be exposed to a second (possibly torn) write."""
+    inner = PosixStore(tmp_path / "store")
+    app = tmp_path / "app"
+    app.mkdir()
+    big = os.urandom(300_000)
+    (app / "big").write_bytes(big)
+    first = checkpoint(inner, {"root": app}, None, state_dir=tmp_path / "s1", large_file=100_000)
+    (app / "big").write_bytes(b"other")
+    checkpoint(inner, {"root": app}, None, state_dir=tmp_path / "s1", large_file=100_000)
+    # back to the first content, from a node that lost its state: the object exists and is referenced by
+    # the first snapshot; a truncating store must not get the chance to damage it
+    (app / "big").write_bytes(big)
+    fs = FaultyStore(inner, rate=1.0, kinds=("truncate",), keys=("objects/",))
+    res = checkpoint(fs, {"root": app}, None, state_dir=tmp_path / "s2", large_file=100_000)
+    assert res.snapshot_id
+    assert fs.calls.get("put_file", 0) == 0
+    assert verify(inner, first.snapshot_id).ok and verify(inner, "all").ok
+
+
+def test_stale_listing_never_reuses_a_sequence_number(tmp_path: Path) -> None:
+    inner = PosixStore(tmp_path / "store")
+    fs = FaultyStore(inner, rate=1.0, kinds=("stale_list",), stale_window=3600)
+    app = tmp_path / "app"
+    app.mkdir()
+    for gen in range(4):
+        (app / "v").write_text(f"generation {gen}")
+        res = checkpoint(fs, {"root": app}, None, state_dir=tmp_path / "state")
+        assert res.snapshot_id
+    seqs = [s.seq for s in list_snapshots(inner)]
+    assert len(seqs) == len(set(seqs)) == 4, seqs
+    out = restore(inner, {"root": tmp_path / "r"})
+    assert (tmp_path / "r" / "v").read_text() == "generation 3"
+
+
+@pytest.mark.xfail(strict=True, reason="prune trusts the snapshot listing: a stale one hides the newest "
+                   "snapshot and prune deletes its blobs (routed: prune needs the caller's newest id)")
+def test_prune_with_a_stale_listing_keeps_the_newest_snapshot_whole(tmp_path: Path) -> None:
+    inner = PosixStore(tmp_path / "store")
+    app = tmp_path / "app"
+    app.mkdir()
+    for gen in range(3):
+        (app / f"f{gen}").write_bytes(os.urandom(1000))
+        checkpoint(inner, {"root": app}, None, state_dir=tmp_path / "state")
+    (app / "newest").write_bytes(os.urandom(1000))
+    newest = checkpoint(inner, {"root": app}, None, state_dir=tmp_path / "state")
+    fs = FaultyStore(inner, rate=1.0, kinds=("stale_list",), keys=("snapshots/",), stale_window=3600)
+    fs._recent[f"snapshots/{newest.snapshot_id}.json.gz"] = float("inf")  # written "just now"
+    prune(fs, 1)
+    assert verify(inner, newest.snapshot_id).ok
+
+
+def _source(tmp_path: Path) -> tuple[PosixStore, dict[str, bytes]]:
+    inner = PosixStore(tmp_path / "store")
+    app = tmp_path / "app"
+    rng = random.Random(3)
+    files = {}
+    for i in range(60):
+        rel = f"d{i % 6}/f{i}"
+        data = rng.randbytes(rng.choice([0, 10, 3000, 40_000, 150_000]))
+        (app / rel).parent.mkdir(parents=True, exist_ok=True)
+        (app / rel).write_bytes(data)
+        files[rel] = data
+    checkpoint(inner, {"root": app}, None, state_dir=tmp_path / "state", pack_size=50_000, large_file=100_000)
+    return inner, files
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_restore_under_faults_writes_only_verified_bytes(tmp_path: Path, seed: int) -> None:
+    inner, files = _source(tmp_path)
+    fs = FaultyStore(inner, rate=0.1, seed=seed, kinds=("fail", "delay", "corrupt_read"),
+                     keys=("packs/", "objects/"))
+    dst = tmp_path / "dst"
+    rounds = failed_rounds = 0
+    while True:
+        rounds += 1
+        assert rounds < 100
+        try:
+            out = restore(fs, {"root": dst}, transfers=4)
+        except RestoreError as exc:
+            # an unreachable store fails the whole round: nothing of it was put in place
+            failed_rounds += 1
+            assert "nothing of this restore was put in place" in str(exc)
+            assert temp_files(dst) == [] if dst.exists() else True
+            continue
+        assert temp_files(dst) == []
+        # every file on disk is byte-exact; what could not be verified is absent and reported
+        on_disk = {p.relative_to(dst).as_posix(): p.read_bytes() for p in dst.rglob("*") if p.is_file()}
+        for rel, data in on_disk.items():
+            assert data == files[rel], rel
+        for msg in out.errors:
+            assert "sha256" in msg, msg
+            assert msg.split(":", 2)[1] not in on_disk
+        if on_disk.keys() == files.keys():
+            break
+    assert fs.injected > 0
+    print(json.dumps({"seed": seed, "rounds": rounds, "failed_rounds": failed_rounds, "faults": fs.summary()}))
+
+
+DAEMON_APP = """
+import time
+sys.path.insert(0, {tests!r})
+from faults import install_in_child
+made = install_in_child(0.1, {seed})
+st = None
+init_failures = 0
+while st is None:
+    try:
+        st = fractfs.init()
+    except fractfs.FractfsError as exc:
+        init_failures += 1   # a fault during start-up fails init() cleanly; the platform would restart us
+        assert init_failures < 50, exc
+errors, alive = set(), True
+for gen in range(12):
+    with open("state-%d.txt" % (gen % 4), "w") as f:
+        f.write("generation %d " % gen * 200)
+    open("gen.txt", "w").write(str(gen))
+    t0 = time.time()
+    while time.time() - t0 < 0.6:
+        s = fractfs.status()
+        alive = alive and s["daemon_running"]
+        if s["last_error"]:
+            errors.add(s["last_error"][:300])
+        time.sleep(0.02)
+# let the daemon catch up with the last generation, still under faults
+t0 = time.time()
+while time.time() - t0 < 60:
+    s = fractfs.status()
+    if s["last_sync_start"] and s["last_sync_start"] > os.stat("gen.txt").st_mtime and s["last_sync_time"] \
+            and s["last_sync_time"] > s["last_sync_start"] and s["consecutive_failures"] == 0:
+        break
+    time.sleep(0.05)
+final = fractfs.status()
+for fs in made:
+    fs.arm(False)
+fractfs.shutdown()
+print(json.dumps({{"alive": alive, "errors": sorted(errors), "init_failures": init_failures,
+                  "syncs": final["syncs"], "last_error": final["last_error"],
+                  "recovered": final["consecutive_failures"] == 0 and final["last_sync_time"] > (
+                      final["last_error_time"] or 0),
+                  "lease_generation": (final["lease"] or {{}}).get("generation"),
+                  "faults": [fs.summary() for fs in made]}}))
+"""
+
+
+def test_daemon_survives_faults_and_status_tells(tmp_path: Path, plain_volume: Path) -> None:
+    node = Node(tmp_path / "node", plain_volume, '[ignore]\npatterns = ["*.tmp"]\n')
+    tests = str(Path(__file__).resolve().parent)
+    out = node.run(DAEMON_APP.format(tests=tests, seed=3), fractfs_SYNC_INTERVAL="0.2", timeout=180)
+    assert out["alive"] is True
+    # the faults were seen through status(): named as such, or as the lease that could not be renewed
+    assert any("injected failure" in e for e in out["errors"]), out["errors"]
+    # ... and that the daemon got past them: the last checkpoint, which saw the final tree, succeeded
+    assert out["syncs"] >= 1 and out["recovered"] is True, out
+    assert sum(sum(f.values()) for f in out["faults"]) > 10
+    # a cold node, no faults: exactly the last generation
+    before = {p.name: p.read_bytes() for p in node.root.iterdir() if p.is_file() and p.name != ".fractfs.toml"}
+    node.wipe()
+    got = node.run("""
+        st = fractfs.init()
+        print(json.dumps({"restore": st["restore"], "gen": open("gen.txt").read()}))
+        fractfs.shutdown(final_sync=False)
+    """)
+    assert got["gen"] == "11" and not got["restore"]["errors"]
+    after = {p.name: p.read_bytes() for p in node.root.iterdir() if p.is_file() and p.name != ".fractfs.toml"}
+    assert after == before
+    print(json.dumps(out))
+
