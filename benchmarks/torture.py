@@ -320,7 +320,8 @@ def child_main(argv: list[str]) -> None:
     if os.environ.get("TORTURE_LOG"):
         import logging
 
-        logging.basicConfig(filename=os.environ["TORTURE_LOG"], level=getattr(logging, os.environ.get("TORTURE_LOG_LEVEL", "INFO")),
+        level = getattr(logging, os.environ.get("TORTURE_LOG_LEVEL", "INFO"))
+        logging.basicConfig(filename=os.environ["TORTURE_LOG"], level=level,
                             format=f"%(asctime)s {os.getpid()} %(threadName)s %(message)s")
     import fractfs
     import fractfs.stores as stores
@@ -372,7 +373,13 @@ def child_main(argv: list[str]) -> None:
         _mutate(root, gen, a.seed, a.big_every, pins)
         side.write({"intent": gen, "tree": tree(root, scratch)})
         before = fractfs.status()["last_snapshot_id"]
-        fractfs.sync_now()
+        try:
+            fractfs.sync_now()
+        except fractfs.FractfsError as exc:
+            # refused, e.g. the lease lapsed while a slow store was renewing it: nothing was committed, which
+            # is fine for the oracle (the previous generation stays the checkpoint) but worth counting
+            side.write({"refused": gen, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            continue
         sid = fractfs.status()["last_snapshot_id"]
         side.write({"commit": gen, "sid": sid} if sid != before else {"nocommit": gen})
         if gen % PRUNE_EVERY == 0:
@@ -400,6 +407,8 @@ class Report:
     restored_files: int = 0
     fell_back: int = 0                #: restores that skipped a damaged (torn) newer manifest
     snapshots_verified: int = 0
+    refused_syncs: int = 0            #: sync_now() calls that raised (nothing committed), e.g. the lease lapsed
+    refusals: Counter[str] = field(default_factory=Counter)
     recommitted: int = 0              #: restored trees committed again as a new snapshot (same content)
     lease_wait: float = 0.0           #: seconds cold nodes waited for the killed node's lease to expire
     seconds: float = 0.0
@@ -412,6 +421,7 @@ class Report:
                 "restored_files": self.restored_files, "fell_back_from_torn_manifest": self.fell_back,
                 "snapshots_verified": self.snapshots_verified, "lease_wait_seconds": round(self.lease_wait, 1),
                 "restored_tree_recommitted": self.recommitted,
+                "refused_syncs": self.refused_syncs, "refusals": dict(self.refusals),
                 "seconds": round(self.seconds, 1)}
 
 
@@ -430,7 +440,7 @@ class Torture:
 
     def __init__(self, kind: str, work: Path, volume_root: str, *, seed: int = 1, env: Optional[dict[str, str]]
                  = None, max_delay: float = 1.5, targeted: float = 0.6, big_every: int = 4,
-                 log: Any = None):
+                 lease_timeout: float = 1.0, log: Any = None):
         self.kind = kind
         self.work = work
         self.root = work / "app"
@@ -449,8 +459,12 @@ class Torture:
         self.env.update({
             "fractfs_VOLUME_ROOT": volume_root,
             "fractfs_SCRATCH": str(self.scratch),
-            "fractfs_SYNC_INTERVAL": "3600",  # checkpoints only when the app asks (the daemon still runs)
-            "fractfs_LEASE_TIMEOUT": "1",  # a killed writer's lease expires quickly, so the next node can write
+            # checkpoints only when the app asks (the daemon still runs, for the lease heartbeat): the oracle
+            # must know every commit point, and watch mode would checkpoint mid-generation on its own
+            "fractfs_SYNC_MODE": "interval",
+            "fractfs_SYNC_INTERVAL": "3600",
+            # a killed writer's lease expires quickly, so the next node can write
+            "fractfs_LEASE_TIMEOUT": str(lease_timeout),
             "PYTHONPATH": str(SRC) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH")
                                       else ""),
         })
@@ -535,7 +549,8 @@ class Torture:
             line = proc.stdout.readline()
             if not line:
                 proc.wait(30)
-                self._fail(f"the app did not start (exit {proc.returncode}): {proc.stderr.read()[-2000:] if proc.stderr else ''}")  # noqa: E501
+                err = proc.stderr.read()[-2000:] if proc.stderr else ""
+                self._fail(f"the app did not start (exit {proc.returncode}): {err}")
                 return
             ready = json.loads(line)
             self._check_cold(ready, self._pending)
@@ -584,6 +599,11 @@ class Torture:
                 self.trees[rec["intent"]] = rec["tree"]
                 last_intent = rec["intent"]
                 self.next_gen = rec["intent"] + 1
+            elif "refused" in rec:
+                rep.refused_syncs += 1
+                rep.refusals[rec["error"].split(":")[0]] += 1
+                # not counted as committed; if the error came after the manifest landed, the next cold node
+                # finds it, and that generation is still the one in flight (last_intent stays)
             elif "nocommit" in rec:
                 self._fail(f"sync_now() of generation {rec['nocommit']} stored no snapshot")
                 last_intent = None
@@ -608,7 +628,8 @@ class Torture:
             if line:
                 self._check_cold(json.loads(line), self._pending)
             else:
-                self._fail("the final cold node did not start: " + (proc.stderr.read()[-2000:] if proc.stderr else ""))
+                err = proc.stderr.read()[-2000:] if proc.stderr else ""
+                self._fail(f"the final cold node did not start: {err}")
         finally:
             proc.stdin.close()
             proc.wait(60)
@@ -696,6 +717,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--max-delay", type=float, default=1.5, help="timer kills land within this many seconds")
     ap.add_argument("--targeted", type=float, default=0.6, help="share of trials killed at a chosen store call")
+    ap.add_argument("--lease-timeout", type=float, default=None,
+                    help="seconds before a killed node's lease is taken over (default 1, 2 on s3/fuse)")
+    ap.add_argument("--big-every", type=int, default=None,
+                    help="a 9 MiB file every N generations (default 4; 0 on fuse)")
     ap.add_argument("--json", help="write the report here")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(SRC))
@@ -705,8 +730,12 @@ def main(argv: list[str]) -> int:
             ap.error(f"unknown volume kind {kind!r}")
         with tempfile.TemporaryDirectory(prefix=f"fractfs-torture-{kind}-") as td:
             with volume(kind, Path(td)) as (vroot, env):
+                remote = kind in ("s3", "fuse")
+                lease = a.lease_timeout if a.lease_timeout is not None else (2.0 if remote else 1.0)
+                big = a.big_every if a.big_every is not None else (0 if kind == "fuse" else 4)
                 t = Torture(kind, Path(td) / "node", vroot, seed=a.seed, env=env, max_delay=a.max_delay,
-                            targeted=a.targeted, log=lambda m: print(m, file=sys.stderr, flush=True))
+                            targeted=a.targeted, lease_timeout=lease, big_every=big,
+                            log=lambda m: print(m, file=sys.stderr, flush=True))
                 (Path(td) / "node").mkdir()
                 rep = t.run(a.trials)
         reports.append(rep.as_dict())

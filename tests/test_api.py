@@ -50,6 +50,8 @@ class Node:
                 "fractfs_SCRATCH": str(self.scratch),
                 "fractfs_BACKEND": "volumes",
                 "fractfs_SYNC_INTERVAL": "3600",
+                # checkpoints only where a test asks for one (watch mode would race sync_now())
+                "fractfs_SYNC_MODE": "interval",
             }
         )
         env.update(extra)
@@ -261,3 +263,11 @@ def test_readme_demo_runs() -> None:
     demo = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
     proc = run_py(demo.read_text().replace('if __name__ == "__main__":', "if True:"), timeout=180)
     assert "demo OK" in proc.stdout
+
+
+def test_unmounted_volume_is_refused(tmp_path: Path) -> None:
+    """A missing Volume directory must not silently become local disk (no restore from 'empty', no writes)."""
+    node = Node(tmp_path, tmp_path / "not-mounted")
+    proc = node.run("fractfs.init()", check=False)
+    assert proc.returncode != 0 and "ProvisionError" in proc.stderr and "not-mounted" in proc.stderr
+    assert not (tmp_path / "not-mounted").exists()

@@ -51,6 +51,8 @@ class App:
         self.scratch = self.base / "scratch"
         self.volume = volume
         self.config = config
+        if "://" not in volume:
+            Path(volume).mkdir(parents=True, exist_ok=True)  # the mounted Volume exists before the app starts
         self.deploy()
 
     def deploy(self) -> None:

@@ -59,12 +59,17 @@ def _checkpoint_until_done(store: Any, app: Path, state: Path, max_attempts: int
     raise AssertionError(f"no checkpoint completed in {max_attempts} attempts")
 
 
-def test_checkpoints_complete_through_ten_percent_faults(tmp_path: Path) -> None:
+#: more seeds for the long run: FRACTFS_FAULT_SEEDS=50 pytest -s tests/test_reliability_faults.py
+SEEDS = int(os.environ.get("FRACTFS_FAULT_SEEDS", "1"))
+
+
+@pytest.mark.parametrize("seed", range(SEEDS))
+def test_checkpoints_complete_through_ten_percent_faults(tmp_path: Path, seed: int) -> None:
     inner = PosixStore(tmp_path / "store")
-    fs = FaultyStore(inner, rate=0.1, seed=11)
+    fs = FaultyStore(inner, rate=0.1, seed=11 + seed)
     app, state = tmp_path / "app", tmp_path / "state"
     app.mkdir()
-    rng = random.Random(5)
+    rng = random.Random(5 + seed)
     attempts = []
     for gen in range(25):
         _mutate(app, rng, gen)
@@ -88,8 +93,8 @@ def test_checkpoints_complete_through_ten_percent_faults(tmp_path: Path) -> None
     summary = fs.summary()
     assert summary.get("fail", 0) > 20 and summary.get("truncate", 0) > 5, summary
     assert sum(attempts) > len(attempts), "the faults should have cost some retries"
-    print(json.dumps({"generations": len(attempts), "attempts": attempts, "faults": summary,
-                      "calls": dict(fs.calls)}))
+    print(json.dumps({"test": "checkpoint", "seed": seed, "generations": len(attempts), "attempts": attempts,
+                      "faults": summary, "calls": dict(fs.calls)}))
 
 
 def test_truncated_upload_never_becomes_part_of_a_snapshot(tmp_path: Path) -> None:
@@ -138,7 +143,7 @@ def test_stale_listing_never_reuses_a_sequence_number(tmp_path: Path) -> None:
         assert res.snapshot_id
     seqs = [s.seq for s in list_snapshots(inner)]
     assert len(seqs) == len(set(seqs)) == 4, seqs
-    out = restore(inner, {"root": tmp_path / "r"})
+    restore(inner, {"root": tmp_path / "r"})
     assert (tmp_path / "r" / "v").read_text() == "generation 3"
 
 
@@ -174,7 +179,7 @@ def _source(tmp_path: Path) -> tuple[PosixStore, dict[str, bytes]]:
     return inner, files
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(max(4, SEEDS)))
 def test_restore_under_faults_writes_only_verified_bytes(tmp_path: Path, seed: int) -> None:
     inner, files = _source(tmp_path)
     fs = FaultyStore(inner, rate=0.1, seed=seed, kinds=("fail", "delay", "corrupt_read"),
@@ -203,7 +208,8 @@ def test_restore_under_faults_writes_only_verified_bytes(tmp_path: Path, seed: i
         if on_disk.keys() == files.keys():
             break
     assert fs.injected > 0
-    print(json.dumps({"seed": seed, "rounds": rounds, "failed_rounds": failed_rounds, "faults": fs.summary()}))
+    print(json.dumps({"test": "restore", "seed": seed, "rounds": rounds, "failed_rounds": failed_rounds,
+                      "files": len(files), "faults": fs.summary()}))
 
 
 DAEMON_APP = """
@@ -256,6 +262,7 @@ def test_daemon_survives_faults_and_status_tells(tmp_path: Path, plain_volume: P
     node = Node(tmp_path / "node", plain_volume, '[ignore]\npatterns = ["*.tmp"]\n')
     tests = str(Path(__file__).resolve().parent)
     out = node.run(DAEMON_APP.format(tests=tests, seed=3), fractfs_SYNC_INTERVAL="0.2", timeout=180)
+    print(json.dumps({"test": "daemon", **out}))
     assert out["alive"] is True
     # the faults were seen through status(): named as such, or as the lease that could not be renewed
     assert any("injected failure" in e for e in out["errors"]), out["errors"]
@@ -273,5 +280,4 @@ def test_daemon_survives_faults_and_status_tells(tmp_path: Path, plain_volume: P
     assert got["gen"] == "11" and not got["restore"]["errors"]
     after = {p.name: p.read_bytes() for p in node.root.iterdir() if p.is_file() and p.name != ".fractfs.toml"}
     assert after == before
-    print(json.dumps(out))
 

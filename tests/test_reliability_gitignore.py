@@ -102,7 +102,7 @@ def test_resolver_agrees_with_git_check_ignore(repo: Path, pats: list[str], ps: 
     r = _resolver(pats)
     ours = {p for p in dirs if r.resolve(p, True) is Tier.IGNORE}
     ours |= {p for p in files if r.resolve(p, False) is Tier.IGNORE}
-    assert ours == git, f"patterns {pats}: only fractfs ignores {sorted(ours - git)}, only git {sorted(git - ours)}"
+    assert ours == git, f"{pats}: only fractfs ignores {sorted(ours - git)}, only git {sorted(git - ours)}"
 
 
 # Hand-picked cases that separated fractfs from git before the resolver followed git's own parser and

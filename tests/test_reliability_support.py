@@ -55,6 +55,7 @@ class Node:
             "fractfs_VOLUME_ROOT": self.volume,
             "fractfs_SCRATCH": str(self.scratch),
             "fractfs_SYNC_INTERVAL": "3600",
+            "fractfs_SYNC_MODE": "interval",  # checkpoints when the test says so (or by interval), not on change
             "fractfs_LEASE_TIMEOUT": "2",
         })
         if "://" in self.volume:

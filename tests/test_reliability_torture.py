@@ -37,8 +37,8 @@ def test_torture_on_a_local_volume(tmp_path: Path, plain_volume: Path, kind: str
 
 
 def test_torture_on_s3(tmp_path: Path, s3_url: str) -> None:
-    _run("s3", tmp_path / "node", s3_url, 3, seed=5, big_every=0)
+    _run("s3", tmp_path / "node", s3_url, 3, seed=5, big_every=0, lease_timeout=2.0)
 
 
 def test_torture_on_fuse(tmp_path: Path, fuse_volume: Path) -> None:
-    _run("fuse", tmp_path / "node", str(fuse_volume), 2, seed=6, big_every=0)
+    _run("fuse", tmp_path / "node", str(fuse_volume), 2, seed=6, big_every=0, lease_timeout=2.0)

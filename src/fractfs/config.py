@@ -369,8 +369,8 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
                 raise ConfigError(f"{where('volume_root')} = {volume_root!r}: backend 's3' needs a URL such "
                                   "as s3://bucket/prefix (for a mounted path use backend = \"volumes\")")
             if any(ch.isspace() for ch in volume_root):
-                raise ConfigError(f"{where('volume_root')} = {volume_root!r} contains whitespace, which no bucket "
-                                  "or object URL has")
+                raise ConfigError(f"{where('volume_root')} = {volume_root!r} contains whitespace, which no "
+                                  "bucket or object URL has")
             if not volume_root.split("://", 1)[1].split("/", 1)[0]:
                 raise ConfigError(f"{where('volume_root')} = {volume_root!r} names no bucket; use a URL such "
                                   "as s3://bucket/prefix")

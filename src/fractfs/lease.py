@@ -1,11 +1,12 @@
 """One writer per checkpoint area: a lease object on the store, kept alive by a heartbeat.
 
-Layout (see docs/format.md, "Lease"): the lease is the object ``locks/lease.<generation>`` with the highest
-generation (12 digits). Taking the lease means creating generation ``g + 1`` with an *exclusive* put
-(``If-None-Match: *`` on S3, link/``O_EXCL`` on a POSIX volume), so of several nodes racing for the same
-generation exactly one wins, and nobody ever deletes or overwrites a key another node might just have created.
-The holder overwrites its own key with a growing ``beat`` counter; at each beat it also lists ``locks/`` and
-gives up as soon as a higher generation exists.
+Layout (docs/format.md §10): the lease is the object ``locks/lease.<generation>`` with the highest generation
+(12 digits). Taking the lease means creating generation ``g + 1`` with an *exclusive* put (``If-None-Match: *``
+on S3, link/``O_EXCL`` on a POSIX volume), so of several nodes racing for the same generation exactly one
+wins, and a takeover never has to delete or overwrite the key a live node might be renewing (delete-then-create
+on one fixed key would let two racers each delete the other's fresh lease). The holder overwrites its own key
+with a growing ``beat`` counter; at each beat it also lists ``locks/`` and gives up as soon as a newer
+generation exists. Releasing deletes the holder's own key; the next node then starts a fresh generation.
 
 Staleness is judged by the *reader's* clock: a lease whose bytes have not changed for ``timeout`` seconds of
 the observer's own monotonic time is stale, whatever the writer's clock says. The writer's wall-clock

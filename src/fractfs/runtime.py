@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 from . import provision as _provision
 from .config import Config, load_config
 from .daemon import SyncDaemon
-from .errors import FractfsError
+from .errors import FractfsError, ProvisionError
 from .lease import Lease, LeaseLost
 from .selection import Selection, areas_for, detect_bundle, save_bundle
 from .tiers import Tier, TierResolver
@@ -229,6 +229,16 @@ class Runtime:
             return
         from .stores import open_store
 
+        if cfg.is_posix_store and cfg.volume_root is not None:
+            # An unmounted Volume looks like an empty directory (or none at all): restoring from it would
+            # find nothing and checkpoints would fill node-local disk while claiming durability. Refuse.
+            vol = Path(cfg.volume_root)
+            if not vol.is_dir():
+                raise ProvisionError(
+                    f"Volume root {vol} ({cfg.sources.get('volume_root', 'volume_root')}) does not exist or is "
+                    "not a directory; mount the Volume there or fix fractfs_VOLUME_ROOT. fractfs does not "
+                    "create it, so an unmounted Volume never silently becomes local disk"
+                )
         if cfg.dirs:
             self.report = _provision.provision(cfg, self.resolver, force=force)
             self.warnings.extend(self.report.warnings)
@@ -611,8 +621,8 @@ class Runtime:
         finally:
             if got:
                 self._release()
-        return {"ok": True, "path": path, "stored": len(stored), "snapshot_id": self.last_snapshot_id,
-                "missed_deadline": list(self.last_missed_deadline)}
+        return {"ok": not self._retry_soon, "path": path, "stored": len(stored), "held_back": self._retry_soon,
+                "snapshot_id": self.last_snapshot_id, "missed_deadline": list(self.last_missed_deadline)}
 
     # -- stopping --------------------------------------------------------------------------------------
     def shutdown(self, final_sync: bool = True, *, anchor: Optional[float] = None) -> None:

@@ -211,18 +211,18 @@ class GitPattern:
         if self.anchored and p.startswith("/"):
             p = p[1:]
         body = _wildmatch(p.encode("utf-8", "surrogateescape")) if p else None
-        self.regex: Optional[re.Pattern[bytes]] = None
-        if body is not None:
-            self.regex = re.compile((b"" if self.anchored else b"(?:.*/)?") + body + b"\\Z", re.DOTALL)
+        # an unanchored pattern is matched against the last component only (what git does, and cheaper)
+        self.regex: Optional[re.Pattern[bytes]] = (
+            re.compile(body + b"\\Z", re.DOTALL) if body is not None else None)
 
     def matches(self, path: bytes, is_dir: bool) -> bool:
         if self.regex is None or (self.dir_only and not is_dir):
             return False
-        return self.regex.match(path) is not None
+        return self.regex.match(path if self.anchored else path[path.rfind(b"/") + 1:]) is not None
 
 
 def unusable_pattern(text: str) -> Optional[str]:
-    """Why ``text`` can never match anything (git reads it, but it is dead), or None if it is a usable pattern.
+    """Why ``text`` can never match anything (git keeps such a line, but it is dead); None if it is usable.
 
     Config validation refuses such patterns: a rule that silently never applies is a mistake to report.
     """
@@ -249,15 +249,20 @@ class _PatternTable:
     def __init__(self, name: str, patterns: Sequence[str]):
         self.name = name
         # comments and blank lines carry no rule
-        self.patterns = tuple(p for p in patterns if _trim_trailing_spaces(p).strip() and not p.startswith("#"))
+        self.patterns = tuple(p for p in patterns
+                              if _trim_trailing_spaces(p).strip() and not p.startswith("#"))
         self._compiled = tuple(GitPattern(p) for p in self.patterns)
+        # (match, dir_only, anchored, pattern), newest first: git's "last matching pattern wins"
+        self._rules = tuple((g.regex.match, g.dir_only, g.anchored, g) for g in reversed(self._compiled)
+                            if g.regex is not None)
         self._dirs: dict[str, tuple[Optional[str], Optional[str]]] = {}
 
     def _last(self, path: str, is_dir: bool) -> Optional[GitPattern]:
         """The last pattern matching ``path`` itself (git: last match wins), or None."""
         raw = path.encode("utf-8", "surrogateescape")
-        for g in reversed(self._compiled):
-            if g.matches(raw, is_dir):
+        base = raw[raw.rfind(b"/") + 1:]
+        for match, dir_only, anchored, g in self._rules:
+            if (is_dir or not dir_only) and match(raw if anchored else base) is not None:
                 return g
         return None
 

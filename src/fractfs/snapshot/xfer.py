@@ -45,8 +45,8 @@ def check_stored(store: Store, key: str, expected: int) -> None:
     got = store.size(key)
     if got != expected:
         have = "nothing" if got is None else f"{got} bytes"
-        raise StoreError(f"{getattr(store, 'url', 'store')}: {key} holds {have} right after {expected} bytes were "
-                         "written to it; the store lost part of the write (it will be written again)")
+        raise StoreError(f"{getattr(store, 'url', 'store')}: {key} holds {have} right after {expected} bytes "
+                         "were written to it; the store lost part of the write (it will be written again)")
 
 
 def store_blob(store: Store, key: str, data: bytes) -> None:
