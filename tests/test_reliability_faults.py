@@ -147,8 +147,6 @@ def test_stale_listing_never_reuses_a_sequence_number(tmp_path: Path) -> None:
     assert (tmp_path / "r" / "v").read_text() == "generation 3"
 
 
-@pytest.mark.xfail(strict=True, reason="prune trusts the snapshot listing: a stale one hides the newest "
-                   "snapshot and prune deletes its blobs (routed: prune needs the caller's newest id)")
 def test_prune_with_a_stale_listing_keeps_the_newest_snapshot_whole(tmp_path: Path) -> None:
     inner = PosixStore(tmp_path / "store")
     app = tmp_path / "app"
@@ -160,7 +158,14 @@ def test_prune_with_a_stale_listing_keeps_the_newest_snapshot_whole(tmp_path: Pa
     newest = checkpoint(inner, {"root": app}, None, state_dir=tmp_path / "state")
     fs = FaultyStore(inner, rate=1.0, kinds=("stale_list",), keys=("snapshots/",), stale_window=3600)
     fs._recent[f"snapshots/{newest.snapshot_id}.json.gz"] = float("inf")  # written "just now"
-    prune(fs, 1)
+    # the caller knows the snapshot it committed; a listing that does not show it yet is stale
+    assert newest.snapshot_id is not None
+    res = prune(fs, 1, newest_known=newest.snapshot_id)
+    assert res.stale_listing and not res.deleted_blobs and not res.deleted_snapshots
+    assert verify(inner, newest.snapshot_id).ok
+    # once the listing is current, prune goes ahead and the newest snapshot stays whole
+    res = prune(inner, 1, newest_known=newest.snapshot_id)
+    assert not res.stale_listing and res.deleted_snapshots
     assert verify(inner, newest.snapshot_id).ok
 
 

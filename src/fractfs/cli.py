@@ -629,8 +629,16 @@ def cmd_prune(args: argparse.Namespace, out: Out) -> int:
         # manifest lands, so prune must not run in the middle of one
         state.mkdir(parents=True, exist_ok=True)
         lock = _StateLock(state)
+    # the newest snapshot this node's app knows: a store listing that does not show it yet is stale, and
+    # pruning against it would delete blobs that snapshot needs
+    known = (ops.read_raw_app_status(cfg) or {}).get("last_snapshot_id")
     with lock, _library_quiet(args):
-        res = snapshot.prune(store, keep, dry_run=args.dry_run)
+        res = snapshot.prune(store, keep, dry_run=args.dry_run,
+                             newest_known=known if isinstance(known, str) else None)
+    if res.stale_listing:
+        out.note(f"fractfs: the store does not list snapshot {known} yet (stale listing); nothing was pruned, "
+                       "try again later")
+        return EXIT_PROBLEM
     if out.json_mode:
         out.json({"dry_run": res.dry_run, "keep": keep, "kept": res.kept,
                   "deleted_snapshots": res.deleted_snapshots, "damaged": res.damaged,

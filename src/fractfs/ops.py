@@ -257,9 +257,8 @@ _APP_KEYS = ("node_id", "pid", "initialized", "daemon_running", "writer", "sync_
              "written_at")
 
 
-def read_app_status(config: Config) -> Optional[dict[str, Any]]:
-    """The app's own last status() on this node (written by its runtime), with ``alive`` added: whether
-    that process still runs. None when the app never wrote one here."""
+def read_raw_app_status(config: Config) -> Optional[dict[str, Any]]:
+    """The status document the app's runtime last wrote on this node, unfiltered; None if absent/foreign."""
     import json
 
     try:
@@ -267,6 +266,15 @@ def read_app_status(config: Config) -> Optional[dict[str, Any]]:
     except (OSError, ValueError):
         return None
     if not isinstance(doc, dict) or doc.get("root") != str(config.root):
+        return None
+    return doc
+
+
+def read_app_status(config: Config) -> Optional[dict[str, Any]]:
+    """The app's own last status() on this node (written by its runtime), with ``alive`` added: whether
+    that process still runs. None when the app never wrote one here."""
+    doc = read_raw_app_status(config)
+    if doc is None:
         return None
     out = {k: doc.get(k) for k in _APP_KEYS}
     pid = doc.get("pid")

@@ -14,6 +14,7 @@ from ..errors import CorruptCheckpointError, FractfsError, StoreError, StoreNotF
 from ..stores.base import Store
 from . import catalog
 from .format import (
+    parse_snapshot_id,
     DIR,
     FILE,
     OBJECTS,
@@ -77,9 +78,11 @@ class PruneResult:
     freed_bytes: int = 0
     referenced_blobs: int = 0
     dry_run: bool = False
+    #: True when the listing did not show ``newest_known`` yet, so nothing was deleted.
+    stale_listing: bool = False
 
 
-def prune(store: Store, keep: int, dry_run: bool = False) -> PruneResult:
+def prune(store: Store, keep: int, dry_run: bool = False, *, newest_known: str | None = None) -> PruneResult:
     """Delete all but the newest ``keep`` valid snapshots, then every pack/object none of the kept ones uses.
 
     Must not run while a checkpoint is writing to the same store (its new blobs are not referenced until its
@@ -90,6 +93,18 @@ def prune(store: Store, keep: int, dry_run: bool = False) -> PruneResult:
         raise FractfsError(f"prune: keep={keep}: keep at least 1 snapshot")
     res = PruneResult(dry_run=dry_run)
     names = catalog.list_names(store)
+    if newest_known is not None:
+        # An eventually consistent listing can miss the newest manifest; pruning against it would delete
+        # blobs that manifest needs. A caller that knows a snapshot id (it committed or restored it) passes
+        # it, and prune does nothing until the listing has caught up with it.
+        known = parse_snapshot_id(newest_known)
+        if known is None:
+            raise FractfsError(f"prune: newest_known={newest_known!r} is not a snapshot id")
+        if not any(n.seq >= known.seq for n in names):
+            log.error("fractfs: prune: the store's listing does not show snapshot %s yet (stale listing?); "
+                      "nothing deleted, try again later", newest_known)
+            res.stale_listing = True
+            return res
     kept: list[Manifest] = []
     drop: list[SnapName] = []
     for name in reversed(names):
