@@ -440,7 +440,7 @@ class Torture:
 
     def __init__(self, kind: str, work: Path, volume_root: str, *, seed: int = 1, env: Optional[dict[str, str]]
                  = None, max_delay: float = 1.5, targeted: float = 0.6, big_every: int = 4,
-                 lease_timeout: float = 1.0, log: Any = None):
+                 lease_timeout: float = 1.0, plans: Optional[list[str]] = None, log: Any = None):
         self.kind = kind
         self.work = work
         self.root = work / "app"
@@ -452,6 +452,7 @@ class Torture:
         self.max_delay = max_delay
         self.targeted = targeted
         self.big_every = big_every
+        self.plans = sorted(plans or KILL_PLANS)
         self.log = log or (lambda msg: None)
         self.config = CONFIG_NODIRS if "://" in volume_root else CONFIG_DIRS
         self.env = {k: v for k, v in os.environ.items() if not k.lower().startswith("fractfs_")}
@@ -463,6 +464,8 @@ class Torture:
             # must know every commit point, and watch mode would checkpoint mid-generation on its own
             "fractfs_SYNC_MODE": "interval",
             "fractfs_SYNC_INTERVAL": "3600",
+            # one more than prune keeps, so checkpoints also trim old manifests (another place to be killed)
+            "fractfs_KEEP_SNAPSHOTS": str(PRUNE_KEEP + 1),
             # a killed writer's lease expires quickly, so the next node can write
             "fractfs_LEASE_TIMEOUT": str(lease_timeout),
             "PYTHONPATH": str(SRC) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH")
@@ -541,7 +544,7 @@ class Torture:
         rep = self.report
         self._wipe()
         targeted = self.rng.random() < self.targeted
-        name = self.rng.choice(sorted(KILL_PLANS)) if targeted else None
+        name = self.rng.choice(self.plans) if targeted else None
         plan = dict(KILL_PLANS[name], nth=self.rng.randint(1, 3)) if name else None
         proc = self._start(plan)
         try:
@@ -721,6 +724,7 @@ def main(argv: list[str]) -> int:
                     help="seconds before a killed node's lease is taken over (default 1, 2 on s3/fuse)")
     ap.add_argument("--big-every", type=int, default=None,
                     help="a 9 MiB file every N generations (default 4; 0 on fuse)")
+    ap.add_argument("--plans", help=f"comma-separated kill plans to draw from (default all: {', '.join(KILL_PLANS)})")
     ap.add_argument("--json", help="write the report here")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(SRC))
@@ -735,6 +739,7 @@ def main(argv: list[str]) -> int:
                 big = a.big_every if a.big_every is not None else (0 if kind == "fuse" else 4)
                 t = Torture(kind, Path(td) / "node", vroot, seed=a.seed, env=env, max_delay=a.max_delay,
                             targeted=a.targeted, lease_timeout=lease, big_every=big,
+                            plans=a.plans.split(",") if a.plans else None,
                             log=lambda m: print(m, file=sys.stderr, flush=True))
                 (Path(td) / "node").mkdir()
                 rep = t.run(a.trials)

@@ -80,6 +80,27 @@ class Config:
         """Node-local bookkeeping (stat cache, bundle list, staging). Lives in scratch: wiped with the node."""
         return self.scratch / ".fractfs-state"
 
+    def summary(self) -> dict[str, Any]:
+        """The settings as JSON-friendly values: the config part of ``status()`` (app and CLI alike)."""
+        return {
+            "root": str(self.root),
+            "config_file": str(self.config_file) if self.config_file else None,
+            "backend": self.backend,
+            "volume_root": self.volume_root,
+            "dirs_root": str(self.dirs_root) if self.dirs_root else None,
+            "checkpoint_location": self.checkpoint_location,
+            "scratch": str(self.scratch),
+            "passthrough": self.passthrough,
+            "sync_interval": self.sync_interval,
+            "sync_mode": self.sync_mode,
+            "grace": self.grace,
+            "lease_timeout": self.lease_timeout,
+            "content_hash": self.content_hash,
+            "auto_ignore_bundle": self.auto_ignore_bundle,
+            "keep_snapshots": self.keep_snapshots,
+            "patterns": {"local": list(self.local_patterns), "ignore": list(self.ignore_patterns)},
+        }
+
     def replace(self, **changes: object) -> "Config":
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
