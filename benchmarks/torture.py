@@ -410,6 +410,7 @@ class Report:
     refused_syncs: int = 0            #: sync_now() calls that raised (nothing committed), e.g. the lease lapsed
     refusals: Counter[str] = field(default_factory=Counter)
     recommitted: int = 0              #: restored trees committed again as a new snapshot (same content)
+    torn_side_records: int = 0        #: oracle records the kill cut short (harness bookkeeping, not fractfs)
     lease_wait: float = 0.0           #: seconds cold nodes waited for the killed node's lease to expire
     seconds: float = 0.0
 
@@ -422,6 +423,7 @@ class Report:
                 "snapshots_verified": self.snapshots_verified, "lease_wait_seconds": round(self.lease_wait, 1),
                 "restored_tree_recommitted": self.recommitted,
                 "refused_syncs": self.refused_syncs, "refusals": dict(self.refusals),
+                "torn_side_records": self.torn_side_records,
                 "seconds": round(self.seconds, 1)}
 
 
@@ -491,7 +493,15 @@ class Torture:
     def _side_lines(self) -> list[dict[str, Any]]:
         if not self.side_path.exists():
             return []
-        lines = self.side_path.read_text().splitlines()
+        raw = self.side_path.read_bytes()
+        complete = raw.rfind(b"\n") + 1
+        if complete < len(raw):
+            # The kill landed inside a write (the kernel stops a large write at a fatal signal): that record
+            # was never made. Cut it off so the next node's first record starts on a line of its own.
+            with open(self.side_path, "r+b") as f:
+                f.truncate(complete)
+            self.report.torn_side_records += 1
+        lines = raw[:complete].decode().splitlines()
         new, self.side_seen = lines[self.side_seen:], len(lines)
         return [json.loads(ln) for ln in new if ln.strip()]
 

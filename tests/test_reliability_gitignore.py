@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -42,7 +43,7 @@ PATH_PIECES = ["a", "b", "ab", "ba", ".a", "a.b", "c", "*", "!a", "#a", "a ", "a
 
 
 @st.composite
-def patterns(draw: st.DrawFn) -> str:
+def patterns(draw: Any) -> str:
     parts = draw(st.lists(st.sampled_from(PATTERN_PIECES), min_size=1, max_size=3))
     text = "/".join(parts)
     if draw(st.booleans()) and draw(st.booleans()):

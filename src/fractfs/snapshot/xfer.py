@@ -142,8 +142,12 @@ class Uploader:
         workers = self.transfers
 
         def put_batch() -> None:
-            batch_store.put_many(items, workers=workers)
-            parallel_map(lambda kv: check_stored(batch_store, kv[0], len(kv[1])), items, workers)
+            # a batch write cannot be exclusive: leave out what is already stored whole (see store_blob)
+            whole = parallel_map(lambda kv: batch_store.size(kv[0]) == len(kv[1]), items, workers)
+            todo = [kv for kv, there in zip(items, whole) if not there]
+            if todo:
+                batch_store.put_many(todo, workers=workers)
+                parallel_map(lambda kv: check_stored(batch_store, kv[0], len(kv[1])), todo, workers)
 
         self.futures.append(self.pool.submit(self._run, put_batch, n))
 
