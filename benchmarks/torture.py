@@ -385,7 +385,7 @@ def child_main(argv: list[str]) -> None:
         if gen % PRUNE_EVERY == 0:
             for sw in switches:
                 sw.phase = "prune"
-            prune(prune_store, PRUNE_KEEP)
+            prune(prune_store, PRUNE_KEEP, newest_known=fractfs.status()["last_snapshot_id"])
             for sw in switches:
                 sw.phase = "checkpoint"
             side.write({"pruned": gen})
