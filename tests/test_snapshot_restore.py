@@ -16,8 +16,9 @@ from test_snapshot_support import everything, make_store, temp_leftovers, tree, 
 
 from fractfs.errors import CorruptCheckpointError, RestoreError
 from fractfs.snapshot import checkpoint, latest_paths, list_snapshots, restore, verify
-from fractfs.snapshot.format import FORMAT_NAME, SnapName, pack_key
+from fractfs.snapshot.format import FORMAT_NAME, SnapName
 from fractfs.stores import PosixStore
+from test_reliability_support import put_pack
 
 
 def _areas(tmp_path: Path, name: str = "app") -> dict[str, Path]:
@@ -44,15 +45,7 @@ def _raw_manifest(
     return name
 
 
-def _put_pack(store: PosixStore, blobs: list[bytes]) -> tuple[str, list[tuple[int, int, str]]]:
-    data = b"".join(blobs)
-    pid = hashlib.sha256(data).hexdigest()
-    store.put(pack_key(pid), data)
-    out, off = [], 0
-    for b in blobs:
-        out.append((off, len(b), hashlib.sha256(b).hexdigest()))
-        off += len(b)
-    return pid, out
+_put_pack = put_pack  # one hand-made-pack helper for the restore and the hostile-snapshot tests
 
 
 def _file(path: str, pid: str, loc: tuple[int, int, str], area: str = "root", **kw: Any) -> dict[str, Any]:
