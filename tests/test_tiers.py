@@ -69,6 +69,19 @@ def test_anchored_patterns() -> None:
     assert r.resolve("sub/top.txt") is Tier.DEFAULT
 
 
+def test_cases_where_a_general_gitignore_library_disagrees_with_git() -> None:
+    """The reason tiers.py translates patterns itself instead of using pathspec (1.1): on these, pathspec's
+    GitIgnoreSpec answers the opposite of `git check-ignore`, which would save a file the user's own
+    .gitignore-style rule leaves out, or keep one it should catch."""
+    # git never descends into an excluded directory, so a later "!" cannot bring a child back
+    r = resolver(ignore=["d/", "!d/keep"])
+    assert r.resolve("d/keep") is Tier.IGNORE
+    # POSIX character classes inside brackets
+    r = resolver(ignore=["[[:alpha:]]x"])
+    assert r.resolve("bx") is Tier.IGNORE
+    assert r.resolve("1x") is Tier.DEFAULT
+
+
 def test_explain_names_rule() -> None:
     d = SPEC.explain("exports/.locks/q")
     assert (d.tier, d.table, d.rule, d.matched_as) == (Tier.IGNORE, "ignore", ".locks/", "exports/.locks/")
