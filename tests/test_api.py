@@ -154,6 +154,48 @@ def test_cold_restart_restores_before_init_returns(tmp_path: Path, volume: Path)
     assert out == {"a": "alpha", "n": "node one", "tmp": False, "restored": 2}
 
 
+def test_file_a_cold_restore_could_not_verify_is_not_deleted(tmp_path: Path, volume: Path) -> None:
+    """A damaged pack costs the app one file at restore, never the file's last good copy on the store."""
+    node = Node(tmp_path, volume)
+    payload = "precious state that a flipped bit will spoil " * 30
+    node.run(f"""
+        fractfs.init()
+        os.makedirs("state", exist_ok=True)
+        open("state/precious.txt", "w").write({payload!r})
+        open("notes.txt", "w").write("node one")
+        fractfs.shutdown()
+    """)
+    packs = [p for p in (volume / "_checkpoint").rglob("*") if p.is_file() and payload.encode() in p.read_bytes()]
+    assert len(packs) == 1
+    good = packs[0].read_bytes()
+    at = good.find(payload.encode())
+    packs[0].write_bytes(good[:at] + b"X" + good[at + 1:])
+
+    node.wipe()
+    out = node.run("""
+        st = fractfs.init()
+        open("notes.txt", "a").write(", node two")
+        fractfs.sync_now()
+        after = fractfs.status()
+        fractfs.shutdown()
+        print(json.dumps({"exists": os.path.exists("state/precious.txt"), "errors": st["restore"]["errors"],
+                          "warned": [w for w in st["warnings"] if "precious" in w],
+                          "kept": after["kept_unrestored"]}))
+    """)
+    assert not out["exists"] and len(out["errors"]) == 1 and "sha256" in out["errors"][0] and out["warned"]
+    assert out["kept"] == ["state/precious.txt"]
+
+    packs[0].write_bytes(good)  # the operator repairs the store (e.g. from a bucket's object versioning)
+    node.wipe()
+    out = node.run("""
+        st = fractfs.init()
+        print(json.dumps({"p": open("state/precious.txt").read(), "n": open("notes.txt").read(),
+                          "errors": st["restore"]["errors"]}))
+        fractfs.shutdown()
+    """)
+    assert out == {"p": payload, "n": "node one, node two", "errors": []}
+
+
 def test_shutdown_runs_final_checkpoint(tmp_path: Path, volume: Path) -> None:
     node = Node(tmp_path, volume)
     node.run("""

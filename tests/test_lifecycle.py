@@ -535,6 +535,37 @@ def test_stale_lease_is_taken_over_after_sigkill(tmp_path: Path) -> None:
     assert read_back(App(tmp_path, vol, "c"), "state.txt") == {"state.txt": "B"}
 
 
+def test_sync_now_without_daemon_keeps_the_lease_through_a_slow_checkpoint(tmp_path: Path) -> None:
+    """With start_daemon=False no thread renews the lease between calls; a sync_now() that takes longer than
+    the lease's validity (half its timeout) must still commit, because it renews the lease while it runs."""
+    app = App(tmp_path, str(tmp_path / "vol"))
+    out = app.run("""
+        import fractfs.stores as stores
+        real = stores.open_store
+        class SlowPacks:
+            # the store takes 2.5 s to accept a pack: longer than the 1 s a 2 s lease stays valid unrenewed
+            def __init__(self, inner):
+                self.inner = inner
+            def __getattr__(self, name):
+                return getattr(self.inner, name)
+            def put(self, key, data, **kw):
+                if key.startswith("packs/"):
+                    time.sleep(2.5)
+                return self.inner.put(key, data, **kw)
+        stores.open_store = lambda *a, **kw: SlowPacks(real(*a, **kw))
+        fractfs.init(start_daemon=False)
+        put("state.txt", "saved slowly")
+        t0 = time.monotonic()
+        stored = fractfs.sync_now()
+        took = time.monotonic() - t0
+        st = fractfs.status()
+        fractfs.shutdown(final_sync=False)
+        out(stored=stored, took=took, error=st["last_error"], snap=st["last_snapshot_id"])
+    """, fractfs_LEASE_TIMEOUT="2")
+    assert out["took"] >= 2.5 and out["stored"] == ["state.txt"] and out["error"] is None and out["snap"]
+    assert read_back(App(tmp_path, str(tmp_path / "vol"), "cold"), "state.txt") == {"state.txt": "saved slowly"}
+
+
 def test_two_racing_nodes_never_mix_state(tmp_path: Path) -> None:
     """Two nodes start together on one Volume and rewrite the same files with their own name; the writer is
     killed mid-way and the other takes over. Every snapshot is valid and belongs to one node entirely."""

@@ -9,6 +9,7 @@ if it does not let go quickly, the final pass runs against a separate stat cache
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -195,6 +196,8 @@ class Runtime:
         self.last_bytes = 0
         self.last_uploaded_bytes = 0
         self.last_missed_deadline: list[str] = []
+        self.last_skipped_busy: list[str] = []
+        self.last_kept_unrestored: list[str] = []
         self.syncs = 0
         self.consecutive_failures = 0
         self.last_error: Optional[str] = None
@@ -318,7 +321,8 @@ class Runtime:
         for msg in [*res.refused, *res.errors]:
             self.warnings.append(f"restore: {msg}")
         for sid in res.fell_back_from:
-            self.warnings.append(f"restore: snapshot {sid} is damaged; restored the previous valid one")
+            self.warnings.append(f"restore: snapshot {sid} could not be used (damaged, or written by a newer "
+                                 "fractfs: the log says which); restored the previous valid one")
         if res.snapshot_id:
             self.last_snapshot_id = res.snapshot_id
             log.info("fractfs: restored %d files from snapshot %s in %.2fs (%d already present)",
@@ -448,9 +452,32 @@ class Runtime:
         try:
             if self.closed and not eager:
                 return []  # the daemon lost the race with shutdown(); the final checkpoint covers it
-            return self._run_checkpoint(deadline, self.config.state_dir)
+            with self._heartbeat():
+                return self._run_checkpoint(deadline, self.config.state_dir)
         finally:
             self._release()
+
+    @contextlib.contextmanager
+    def _heartbeat(self) -> Iterator[None]:
+        """Keep the lease renewed while a checkpoint runs when no lease thread does (``start_daemon=False``):
+        otherwise a sync_now() longer than half the lease timeout would lose the lease at its commit."""
+        lease = self.lease
+        if self._lease_thread is not None or lease is None or not lease.held:
+            yield
+            return
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(lease.beat_period):
+                self._lease_tick()
+
+        t = threading.Thread(target=beat, name="fractfs-lease-sync", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join(lease.beat_period + 5)
 
     def _check_base(self) -> None:
         """Decide whether the next commit must be held back (see _run_checkpoint)."""
@@ -532,6 +559,8 @@ class Runtime:
         self.last_bytes = res.bytes
         self.last_uploaded_bytes = res.uploaded_bytes
         self.last_missed_deadline = list(res.missed_deadline)
+        self.last_skipped_busy = list(res.skipped_busy)
+        self.last_kept_unrestored = [p.split(":", 1)[1] for p in res.kept_unrestored]
         self.syncs += 1
         self.consecutive_failures = 0
         self._persist_status()
@@ -798,6 +827,11 @@ class Runtime:
             "last_stored_count": len(self.last_stored),
             "last_uploaded_bytes": self.last_uploaded_bytes,
             "last_missed_deadline": self.last_missed_deadline[:100],
+            # changed files the last checkpoint could not capture (still changing, unreadable); their previous
+            # version stays in the snapshot and they are retried at the next one
+            "last_skipped_busy": self.last_skipped_busy[:100],
+            # files the cold-start restore could not write, still kept in new snapshots (snapshot/unrestored.py)
+            "kept_unrestored": self.last_kept_unrestored[:100],
             "files": self.last_files,
             "bytes": self.last_bytes,
             "syncs": self.syncs,
@@ -825,8 +859,13 @@ class Runtime:
             sdir = self.config.state_dir
             sdir.mkdir(parents=True, exist_ok=True)
             tmp = sdir / f"{STATUS_FILE}.{os.getpid()}-{threading.get_ident()}.tmp"
-            tmp.write_text(json.dumps(st, default=str))
-            os.replace(tmp, sdir / STATUS_FILE)
+            try:
+                tmp.write_text(json.dumps(st, default=str))
+                os.replace(tmp, sdir / STATUS_FILE)
+            except BaseException:
+                # a full disk must not leave a half-written temp file behind at every checkpoint
+                tmp.unlink(missing_ok=True)
+                raise
         except (OSError, TypeError, ValueError) as exc:
             log.debug("fractfs: could not write %s: %s", STATUS_FILE, exc)
 

@@ -33,7 +33,23 @@ def load(store: Store, name: SnapName) -> Manifest:
         data = store.get(name.key)
     except StoreNotFound:
         raise CorruptCheckpointError(f"{name.key}: listed but gone (deleted while reading?)") from None
-    return decode_manifest(name, data)
+    try:
+        return decode_manifest(name, data)
+    except UnknownFormatError:
+        raise
+    except CorruptCheckpointError as exc:
+        # Read once more before calling it damage: a bit flipped in transit would otherwise send a restore
+        # back to an older snapshot, i.e. bring back stale state, although the store holds the good bytes.
+        try:
+            again = store.get(name.key)
+        except StoreNotFound:
+            raise exc from None
+        if again == data:
+            raise
+        m = decode_manifest(name, again)
+        log.warning("fractfs: snapshot %s failed verification once and passed on a second read (damaged in "
+                    "transit, not on the store)", name.id)
+        return m
 
 
 def resolve_id(names: list[SnapName], sid: str) -> SnapName:

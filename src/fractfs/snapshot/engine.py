@@ -11,6 +11,7 @@ import errno
 import hashlib
 import logging
 import os
+import posixpath
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,7 +21,7 @@ from typing import Any, Callable, Union
 
 from ..errors import AlreadyExists, FractfsError, StoreError
 from ..stores.base import Store
-from . import catalog, scan
+from . import catalog, scan, unrestored
 from . import sqlite as _sqlite
 from .format import (
     DIR,
@@ -85,6 +86,8 @@ class CheckpointResult:
     missed_deadline: list[str] = field(default_factory=list)
     uploaded_bytes: int = 0
     parent: str | None = None
+    #: Entries a restore could not write, kept from the previous snapshot (see :mod:`.unrestored`).
+    kept_unrestored: list[str] = field(default_factory=list)
 
 
 # -- reading one file consistently -------------------------------------------------------------------------
@@ -699,6 +702,23 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
         new[key] = entry
         new_rows[key] = _entry_row(entry, cap.facts, cap.side)
 
+    # Files a restore could not write are absent because the app never had them, not because it deleted
+    # them: keep their entries (see unrestored.py for when they are let go).
+    waiting = unrestored.load(sdir)
+    kept: list[Entry] = []
+    for key, fp in sorted(waiting.items()):
+        was = base.get(key)
+        if key in new or was is None or unrestored.fingerprint(was) != fp:
+            continue  # the app wrote something there, or the snapshot we extend no longer has it
+        parent = posixpath.dirname(key[1])
+        holder = new.get((key[0], parent))
+        if parent and (holder is None or holder.type != DIR):
+            continue  # the app removed (or replaced) the directory it was in
+        if key[0] in areas and want(key[0], key[1], False):
+            carry(key)
+            kept.append(was)
+            result.kept_unrestored.append(was.label)
+
     # -- commit ----------------------------------------------------------------------------------------------
     result.deleted = sorted(f"{a}:{r}" for (a, r) in base if (a, r) not in new)
     result.files = sum(1 for e in new.values() if e.type == FILE)
@@ -756,6 +776,15 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
         log.warning("fractfs: checkpoint %s committed, but its stat cache could not be saved in %s (%s); the "
                     "next checkpoint re-reads changed files", snapshot_id, sdir, exc)
 
+    if len(kept) != len(waiting):
+        try:
+            unrestored.record(sdir, snapshot_id or "", kept)
+        except OSError as exc:
+            log.warning("fractfs: could not update %s (%s)", sdir / unrestored.RECORD_FILE, exc)
+    if kept and committed is not None:
+        log.info("fractfs: checkpoint keeps %d files the last restore could not write (their stored copy is "
+                 "unchanged until the app writes them or removes their directory): %s",
+                 len(kept), ", ".join(result.kept_unrestored[:10]))
     result.duration = time.monotonic() - t0
     if result.missed_deadline:
         log.warning("fractfs: checkpoint ran out of time; %d changed files not stored (newest kept first): %s",
