@@ -45,6 +45,15 @@ def _seeded(tmp_path: Path) -> PosixStore:
     return store
 
 
+def _restored_without_bad(tmp_path: Path) -> tuple[PosixStore, dict[str, Path], Path]:
+    """A second node restored from a store whose copy of d/bad.bin is damaged."""
+    store = _seeded(tmp_path)
+    _damage(store, BAD)
+    areas, sdir = _node(tmp_path, "second")
+    restore(store, areas, state_dir=sdir)
+    return store, areas, sdir
+
+
 def test_unverified_file_stays_in_later_snapshots_and_restores_once_repaired(tmp_path: Path) -> None:
     store = _seeded(tmp_path)
     pack, good = _damage(store, BAD)
@@ -73,10 +82,7 @@ def test_unverified_file_stays_in_later_snapshots_and_restores_once_repaired(tmp
 
 
 def test_the_app_writing_the_path_wins(tmp_path: Path) -> None:
-    store = _seeded(tmp_path)
-    _damage(store, BAD)
-    areas, sdir = _node(tmp_path, "second")
-    restore(store, areas, state_dir=sdir)
+    store, areas, sdir = _restored_without_bad(tmp_path)
     write(areas["root"], "d/bad.bin", "the app's own new content")
     r = checkpoint(store, areas, everything, state_dir=sdir)
     assert r.kept_unrestored == [] and "root:d/bad.bin" in r.stored
@@ -88,10 +94,7 @@ def test_the_app_writing_the_path_wins(tmp_path: Path) -> None:
 
 
 def test_removing_its_directory_lets_it_go(tmp_path: Path) -> None:
-    store = _seeded(tmp_path)
-    _damage(store, BAD)
-    areas, sdir = _node(tmp_path, "second")
-    restore(store, areas, state_dir=sdir)
+    store, areas, sdir = _restored_without_bad(tmp_path)
     shutil.rmtree(areas["root"] / "d")
     r = checkpoint(store, areas, everything, state_dir=sdir)
     assert sorted(r.deleted) == ["root:d", "root:d/bad.bin", "root:d/other.txt"] and r.kept_unrestored == []
@@ -99,10 +102,7 @@ def test_removing_its_directory_lets_it_go(tmp_path: Path) -> None:
 
 
 def test_a_path_that_is_no_longer_wanted_is_let_go(tmp_path: Path) -> None:
-    store = _seeded(tmp_path)
-    _damage(store, BAD)
-    areas, sdir = _node(tmp_path, "second")
-    restore(store, areas, state_dir=sdir)
+    store, areas, sdir = _restored_without_bad(tmp_path)
 
     def no_bins(_area: str, rel: str, _is_dir: bool) -> bool:  # e.g. *.bin moved to [ignore]
         return not rel.endswith(".bin")
@@ -112,10 +112,7 @@ def test_a_path_that_is_no_longer_wanted_is_let_go(tmp_path: Path) -> None:
 
 
 def test_a_damaged_record_only_costs_the_carry(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    store = _seeded(tmp_path)
-    _damage(store, BAD)
-    areas, sdir = _node(tmp_path, "second")
-    restore(store, areas, state_dir=sdir)
+    store, areas, sdir = _restored_without_bad(tmp_path)
     (sdir / RECORD_FILE).write_text("{not json")
     with caplog.at_level(logging.WARNING, logger="fractfs"):
         r = checkpoint(store, areas, everything, state_dir=sdir)
