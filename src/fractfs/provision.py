@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ClobberError, ProvisionError
+from .localfile import write_replace
 from .tiers import Tier
 
 if TYPE_CHECKING:
@@ -846,12 +847,7 @@ class _Inflight:
 
     def begin(self, src: Path, dst: Path) -> None:
         _mkdirs(self.path.parent)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"src": str(src), "dst": str(dst)}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        write_replace(self.path, json.dumps({"src": str(src), "dst": str(dst)}).encode(), durable=True)
 
     def end(self) -> None:
         _unlink_quietly(self.path)

@@ -28,6 +28,7 @@ from .config import Config, load_config
 from .daemon import SyncDaemon
 from .errors import FractfsError, ProvisionError
 from .lease import Lease, LeaseLost
+from .localfile import write_replace
 from .selection import Selection, areas_for, detect_bundle, save_bundle
 from .tiers import Tier, TierResolver
 
@@ -858,14 +859,7 @@ class Runtime:
             st["written_at"] = time.time()
             sdir = self.config.state_dir
             sdir.mkdir(parents=True, exist_ok=True)
-            tmp = sdir / f"{STATUS_FILE}.{os.getpid()}-{threading.get_ident()}.tmp"
-            try:
-                tmp.write_text(json.dumps(st, default=str))
-                os.replace(tmp, sdir / STATUS_FILE)
-            except BaseException:
-                # a full disk must not leave a half-written temp file behind at every checkpoint
-                tmp.unlink(missing_ok=True)
-                raise
+            write_replace(sdir / STATUS_FILE, json.dumps(st, default=str).encode())
         except (OSError, TypeError, ValueError) as exc:
             log.debug("fractfs: could not write %s: %s", STATUS_FILE, exc)
 

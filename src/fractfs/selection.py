@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from .config import CONFIG_FILENAME, Config
+from .localfile import write_replace
 from .tiers import Tier, TierResolver
 
 log = logging.getLogger("fractfs")
@@ -114,17 +115,12 @@ def detect_bundle(config: Config, resolver: TierResolver, known_state: set[str])
 
 def save_bundle(config: Config, bundle: set[str]) -> None:
     """Persisted for the `fractfs` command, which runs in another process than the app."""
-    tmp = config.state_dir / (BUNDLE_FILE + ".tmp")
     try:
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"root": str(config.root), "files": sorted(bundle)}))
-        os.replace(tmp, config.state_dir / BUNDLE_FILE)
+        write_replace(config.state_dir / BUNDLE_FILE,
+                      json.dumps({"root": str(config.root), "files": sorted(bundle)}).encode())
     except OSError as exc:
         log.warning("could not record the deploy bundle in %s: %s", config.state_dir, exc)
-        try:
-            tmp.unlink()  # a partial copy left on a full disk only takes room
-        except OSError:
-            pass
 
 
 def load_bundle(config: Config) -> Optional[set[str]]:

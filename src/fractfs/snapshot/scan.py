@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..localfile import write_replace
+
 log = logging.getLogger("fractfs")
 
 #: The caller's selection: ``want(area, relpath, is_dir)``. False on a directory prunes the whole subtree.
@@ -247,19 +249,7 @@ def write_cache(state_dir: Path, hdr: CacheHeader, rows: dict[str, dict[str, Cac
         "sqlite": [list(x) for x in hdr.sqlite], "files": hdr.files, "bytes": hdr.bytes,
         "payload_sha256": hdr.payload_sha256,
     }, separators=(",", ":")).encode() + b"\n"
-    tmp = state_dir / f"{CACHE_FILE}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(head)
-            f.write(payload)
-        os.replace(tmp, state_dir / CACHE_FILE)
-    except BaseException:
-        # a full disk must not leave a partial copy behind, taking the room the next attempt needs
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_replace(state_dir / CACHE_FILE, head, payload)
 
 
 def drop_cache(state_dir: Path) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .format import DIR, FILE, Entry
+from ..localfile import write_replace
 
 log = logging.getLogger("fractfs")
 
@@ -47,19 +48,7 @@ def record(state_dir: Path, snapshot_id: str, entries: Iterable[Entry]) -> None:
             pass
         return
     doc = {"snapshot": snapshot_id, "entries": [[a, r, sha] for (a, r), sha in items]}
-    tmp = state_dir / f"{RECORD_FILE}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_replace(path, json.dumps(doc).encode(), durable=True)
 
 
 def load(state_dir: Path) -> dict[Key, str]:

@@ -1,0 +1,31 @@
+"""Replacing a small node-local file (stat cache, status, bundle list, journals) all at once."""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+
+def write_replace(path: Path, *chunks: bytes, durable: bool = False) -> None:
+    """Write ``chunks`` to ``path`` through a temp file beside it and a rename.
+
+    Readers (another process, a restart) see the old content or the new, never part of it. If anything fails,
+    the temp file is removed: on a full disk a partial copy would only take the room the next attempt needs.
+    The temp name carries the process and thread, so concurrent writers never share one. ``durable`` fsyncs
+    the bytes before the rename (for records a crash must not lose, not for caches).
+    """
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
