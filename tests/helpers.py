@@ -1,13 +1,17 @@
-"""Small helpers tests import directly (``from helpers import run_py``)."""
+"""Small helpers tests import directly: ``run_py`` (app code in a fresh interpreter) and ``Node`` (an app on a
+node whose local disk can be wiped)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
@@ -57,3 +61,60 @@ def run_py(
             f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
         )
     return proc
+
+
+class Node:
+    """An app root and scratch on 'node-local' disk, a Volume, and app code run in fresh interpreters."""
+
+    def __init__(self, base: Path, volume: str | Path, config: str = "", *, bundle: dict[str, str] | None = None,
+                 env: dict[str, str] | None = None):
+        self.base = base
+        self.root = base / "app"
+        self.scratch = base / "scratch"
+        self.volume = str(volume)
+        self.config = config
+        self.bundle = bundle or {}
+        self.extra_env = env or {}
+        self.deploy()
+
+    def deploy(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / ".fractfs.toml").write_text(self.config)
+        for rel, content in self.bundle.items():
+            p = self.root / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if content.startswith("->"):
+                os.symlink(content[2:], p)
+            else:
+                p.write_text(content)
+
+    def wipe(self) -> None:
+        """A cold restart: node-local disk is gone, the bundle is deployed again."""
+        shutil.rmtree(self.root)
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.deploy()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.lower().startswith("fractfs_")}
+        env.update({
+            "fractfs_VOLUME_ROOT": self.volume,
+            "fractfs_SCRATCH": str(self.scratch),
+            "fractfs_SYNC_INTERVAL": "3600",
+            "fractfs_SYNC_MODE": "interval",  # checkpoints when the test says so (or by interval), not on change
+            "fractfs_LEASE_TIMEOUT": "2",
+        })
+        if "://" in self.volume:
+            env["fractfs_BACKEND"] = "s3"
+        env.update(self.extra_env)
+        env.update(extra)
+        return env
+
+    def run(self, body: str, *, check: bool = True, timeout: float = 120, **extra: str) -> Any:
+        """Run ``body`` (after ``import json, os, sys, fractfs``) in the app root; returns the last JSON line
+        it printed (or the CompletedProcess when ``check`` is False)."""
+        code = "import json, os, sys, fractfs\n" + textwrap.dedent(body)
+        proc = run_py(code, env=self.env(**extra), cwd=self.root, check=check, timeout=timeout)
+        if not check:
+            return proc
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("{", "["))]
+        return json.loads(lines[-1]) if lines else None

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import textwrap
 from pathlib import Path
-from typing import Any
 
+import helpers
 from helpers import run_py
 
 CONFIG = """\
@@ -21,49 +19,12 @@ patterns = ["*.tmp", ".locks/", "*.lock"]
 """
 
 
-class Node:
-    """An app root + scratch on 'node-local' disk, a Volume, and a way to run app code in a fresh process."""
+class Node(helpers.Node):
+    """The shared test node with this module's app: a deploy bundle of one file, the Volume as a mount."""
 
     def __init__(self, base: Path, volume: Path, config: str = CONFIG):
-        self.root = base / "app"
-        self.scratch = base / "scratch"
-        self.volume = volume
-        self.config = config
-        self.deploy()
-
-    def deploy(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / ".fractfs.toml").write_text(self.config)
-        (self.root / "app.py").write_text("print('app')\n")
-
-    def wipe(self) -> None:
-        """A cold restart: node-local disk is gone, the bundle is re-deployed."""
-        shutil.rmtree(self.root)
-        shutil.rmtree(self.scratch, ignore_errors=True)
-        self.deploy()
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.lower().startswith("fractfs_")}
-        env.update(
-            {
-                "fractfs_VOLUME_ROOT": str(self.volume),
-                "fractfs_SCRATCH": str(self.scratch),
-                "fractfs_BACKEND": "volumes",
-                "fractfs_SYNC_INTERVAL": "3600",
-                # checkpoints only where a test asks for one (watch mode would race sync_now())
-                "fractfs_SYNC_MODE": "interval",
-            }
-        )
-        env.update(extra)
-        return env
-
-    def run(self, body: str, *, check: bool = True, **extra: str) -> Any:
-        code = "import json, os, sys, fractfs\n" + textwrap.dedent(body)
-        proc = run_py(code, env=self.env(**extra), cwd=self.root, check=check)
-        if not check:
-            return proc
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{") or ln.startswith("[")]
-        return json.loads(lines[-1]) if lines else None
+        super().__init__(base, volume, config, bundle={"app.py": "print('app')\n"},
+                         env={"fractfs_BACKEND": "volumes"})
 
 
 def tree(path: Path) -> dict[str, bytes]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from helpers import SRC, run_py
+import helpers
+from helpers import SRC
 
 from fractfs import snapshot
 from fractfs.errors import StoreError
@@ -42,49 +42,22 @@ def put(path, text):
 """
 
 
-class App:
-    """One node: an app root and scratch on 'local' disk, pointed at a shared Volume (path or s3:// URL)."""
+class App(helpers.Node):
+    """One node (``base/name``) pointed at a shared Volume (path or s3:// URL), running the PRELUDE'd app code
+    that reports through JSON lines; ``spawn`` keeps it running for signals."""
 
     def __init__(self, base: Path, volume: str, name: str = "node", config: str = CONFIG):
-        self.base = base / name
-        self.root = self.base / "app"
-        self.scratch = self.base / "scratch"
-        self.volume = volume
-        self.config = config
         if "://" not in volume:
             Path(volume).mkdir(parents=True, exist_ok=True)  # the mounted Volume exists before the app starts
-        self.deploy()
+        super().__init__(base / name, volume, config, env={} if "://" in volume else {"fractfs_BACKEND": "volumes"})
 
-    def deploy(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / ".fractfs.toml").write_text(self.config)
-
-    def wipe(self) -> None:
-        shutil.rmtree(self.base)
-        self.deploy()
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.lower().startswith("fractfs_")}
-        env.update({
-            "fractfs_VOLUME_ROOT": self.volume,
-            "fractfs_SCRATCH": str(self.scratch),
-            "fractfs_BACKEND": "s3" if "://" in self.volume else "volumes",
-            "fractfs_SYNC_INTERVAL": "3600",
-            # interval by default: a test of the final checkpoint must not be rescued by the watcher
-            "fractfs_SYNC_MODE": "interval",
-            "fractfs_LEASE_TIMEOUT": "2",
-        })
-        env.update(extra)
-        env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        return env
-
-    def run(self, body: str, **extra: str) -> Any:
-        proc = run_py(PRELUDE + textwrap.dedent(body), env=self.env(**extra), cwd=self.root)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        return json.loads(lines[-1]) if lines else None
+    def run(self, body: str, *, check: bool = True, timeout: float = 120, **extra: str) -> Any:
+        return super().run(PRELUDE + textwrap.dedent(body), check=check, timeout=timeout, **extra)
 
     def spawn(self, body: str, **extra: str) -> Child:
-        return Child(PRELUDE + textwrap.dedent(body), self.env(**extra), self.root, self.base / "stderr.log")
+        env = self.env(**extra)
+        env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        return Child(PRELUDE + textwrap.dedent(body), env, self.root, self.base / "stderr.log")
 
     def store(self) -> Any:
         return open_store(self.volume.rstrip("/") + "/_checkpoint")
@@ -153,11 +126,12 @@ class Child:
 def read_back(app: App, *names: str) -> dict[str, Optional[str]]:
     """Cold-start ``app`` (wiped) and read ``names`` after init() has restored."""
     app.wipe()
-    return app.run(f"""
+    found: dict[str, Optional[str]] = app.run(f"""
         fractfs.init(start_daemon=False)
         out(**{{n: (open(n).read() if os.path.exists(n) else None) for n in {list(names)!r}}})
         fractfs.shutdown(final_sync=False)
-    """)  # type: ignore[no-any-return]
+    """)
+    return found
 
 
 def node_of(app: App) -> list[str]:

@@ -15,7 +15,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from test_reliability_support import Node, snapshot_tree, temp_files
+from helpers import Node
+from test_reliability_support import snapshot_tree, temp_files
 
 from fractfs.snapshot import list_snapshots, restore, verify
 from fractfs.stores import PosixStore

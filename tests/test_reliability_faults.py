@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 from faults import FaultyStore
-from test_reliability_support import Node, temp_files
+from helpers import Node
+from test_reliability_support import temp_files
 
 from fractfs.errors import FractfsError, RestoreError
 from fractfs.snapshot import checkpoint, list_snapshots, prune, restore, verify

@@ -17,8 +17,8 @@ import zlib
 from pathlib import Path
 
 import pytest
+from helpers import Node
 from test_reliability_support import (
-    Node,
     file_entry,
     newest_seq,
     put_object,
