@@ -274,7 +274,8 @@ class Runtime:
             self.daemon.start()
             if self.sync_mode == "watch":
                 self._start_watch()
-            self._lease_thread = threading.Thread(target=self._lease_loop, name="fractfs-lease", daemon=True)
+            self._lease_thread = threading.Thread(target=self._lease_loop, args=(self._lease_stop,),
+                                                  name="fractfs-lease", daemon=True)
             self._lease_thread.start()
             self._install_exit_hooks()
         self._persist_status()
@@ -331,9 +332,10 @@ class Runtime:
         return info
 
     # -- the lease -------------------------------------------------------------------------------------
-    def _lease_loop(self) -> None:
+    def _lease_loop(self, stop: threading.Event) -> None:
+        """Heartbeat until ``stop`` is set: the node's lease thread, or one sync_now() without the daemon."""
         assert self.lease is not None
-        while not self._lease_stop.wait(self.lease.beat_period):
+        while not stop.wait(self.lease.beat_period):
             self._lease_tick()
 
     def _lease_tick(self) -> bool:
@@ -467,12 +469,7 @@ class Runtime:
             yield
             return
         stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(lease.beat_period):
-                self._lease_tick()
-
-        t = threading.Thread(target=beat, name="fractfs-lease-sync", daemon=True)
+        t = threading.Thread(target=self._lease_loop, args=(stop,), name="fractfs-lease-sync", daemon=True)
         t.start()
         try:
             yield
