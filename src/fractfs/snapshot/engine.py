@@ -717,7 +717,7 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
         if key[0] in areas and want(key[0], key[1], False):
             carry(key)
             kept.append(was)
-            result.kept_unrestored.append(was.label)
+    result.kept_unrestored = [e.label for e in kept]
 
     # -- commit ----------------------------------------------------------------------------------------------
     result.deleted = sorted(f"{a}:{r}" for (a, r) in base if (a, r) not in new)
