@@ -27,6 +27,7 @@ from . import ops
 from .config import Config, load_config
 from .errors import ConfigError, FractfsError
 from .ops import SnapshotNotFound, human_bytes
+from .runtime import iso_utc
 
 log = logging.getLogger("fractfs")
 
@@ -406,7 +407,7 @@ def cmd_snapshots(args: argparse.Namespace, out: Out) -> int:
         infos = snapshot.list_snapshots(store)
     if out.json_mode:
         out.json([{"id": i.id, "short": _short(i.id), "seq": i.seq, "time": i.time,
-                   "time_iso": ops._iso(i.time), "files": i.files, "bytes": i.bytes, "node": i.node,
+                   "time_iso": iso_utc(i.time), "files": i.files, "bytes": i.bytes, "node": i.node,
                    "parent": i.parent, "valid": i.valid, "error": i.error} for i in infos])
         return EXIT_OK
     if not infos:

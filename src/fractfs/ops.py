@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from .config import CONFIG_FILENAME, Config
 from .errors import CorruptCheckpointError, FractfsError, StoreError, StoreNotFound
 from .provision import Capabilities, Pin, plan_pins, probe_volume
+from .runtime import STATUS_FILE, iso_utc
 from .selection import Selection, areas_for, detect_bundle, load_bundle
 from .tiers import Tier, TierResolver
 
@@ -246,12 +247,7 @@ def pin_in_place(config: Config, pin: Pin) -> bool:
 # status without a running app
 
 
-def _iso(ts: Optional[float]) -> Optional[str]:
-    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-#: What the app's runtime persists for this command (``Runtime._persist_status``); read if present.
-APP_STATUS_FILE = "status.json"
+#: The keys shown from what the app's runtime persists for this command (``Runtime._persist_status``).
 _APP_KEYS = ("node_id", "pid", "initialized", "daemon_running", "writer", "sync_mode", "last_sync_time",
              "last_sync_time_iso", "last_error", "last_error_time", "consecutive_failures", "syncs", "watch",
              "written_at")
@@ -262,7 +258,7 @@ def read_raw_app_status(config: Config) -> Optional[dict[str, Any]]:
     import json
 
     try:
-        doc = json.loads((config.state_dir / APP_STATUS_FILE).read_text())
+        doc = json.loads((config.state_dir / STATUS_FILE).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(doc, dict) or doc.get("root") != str(config.root):
@@ -359,7 +355,7 @@ def offline_status(config: Config, *, probe: bool = True) -> dict[str, Any]:
             warnings.append(f"snapshot {sid} is damaged; a restore would use an older one")
         if m is not None:
             created = m.created_ns / 1e9
-            st.update(last_snapshot_id=m.id, last_snapshot_time=created, last_snapshot_time_iso=_iso(created),
+            st.update(last_snapshot_id=m.id, last_snapshot_time=created, last_snapshot_time_iso=iso_utc(created),
                       files=m.file_count, bytes=m.byte_count, last_snapshot_node=m.node)
     except FractfsError as exc:
         st["store_error"] = str(exc)
@@ -722,7 +718,7 @@ class Doctor:
         elif m is None:
             self.warn("snapshots: none yet", "run `fractfs sync` (or start the app) to write the first one")
         if m is not None and not damaged:
-            when = _iso(m.created_ns / 1e9)
+            when = iso_utc(m.created_ns / 1e9)
             self.ok(f"snapshots: newest {short_id(m.id)} ({when}, {m.file_count} file{'' if m.file_count == 1 else 's'}) loads and matches its checksum "
                     "(`fractfs verify` reads every object)")
 

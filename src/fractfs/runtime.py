@@ -46,7 +46,8 @@ class CheckpointAborted(FractfsError):
     """A checkpoint was cut short because fractfs is stopping; the previous snapshot stays the checkpoint."""
 
 
-def _iso(ts: Optional[float]) -> Optional[str]:
+def iso_utc(ts: Optional[float]) -> Optional[str]:
+    """A Unix time as ISO 8601 UTC (as status() and the CLI show times), None for None."""
     if ts is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
@@ -817,9 +818,9 @@ class Runtime:
             "lease_holder": lease["holder"] if lease else None,
             "lease": lease,
             "last_sync_time": self.last_sync_time,
-            "last_sync_time_iso": _iso(self.last_sync_time),
+            "last_sync_time_iso": iso_utc(self.last_sync_time),
             "last_sync_start": self.last_sync_start,
-            "last_sync_start_iso": _iso(self.last_sync_start),
+            "last_sync_start_iso": iso_utc(self.last_sync_start),
             "last_sync_duration": self.last_sync_duration,
             "last_snapshot_id": self.last_snapshot_id,
             "last_stored_count": len(self.last_stored),
@@ -836,7 +837,7 @@ class Runtime:
             "consecutive_failures": self.consecutive_failures,
             "last_error": self.last_error,
             "last_error_time": self.last_error_time,
-            "last_error_time_iso": _iso(self.last_error_time),
+            "last_error_time_iso": iso_utc(self.last_error_time),
             "final_sync": self.final_sync,
             "watch": self.watcher.describe() if self.watcher is not None else None,
             "bundle_file_count": len(self.bundle),
