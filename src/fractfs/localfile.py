@@ -1,4 +1,5 @@
-"""Replacing a small node-local file (stat cache, status, bundle list, journals) all at once."""
+"""Node-local files: replacing a small one (stat cache, status, bundle list, journals) all at once, and
+removing one that may already be gone."""
 from __future__ import annotations
 
 import os
@@ -24,8 +25,13 @@ def write_replace(path: Path, *chunks: bytes, durable: bool = False) -> None:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        unlink_if_present(tmp)
         raise
+
+
+def unlink_if_present(path: str | os.PathLike[str]) -> None:
+    """Remove ``path``; already gone is fine, any other failure is raised."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
+from ..localfile import unlink_if_present
 from ..errors import AlreadyExists, FractfsError, StoreError
 from ..stores.base import Store
 from . import catalog, scan, unrestored
@@ -241,10 +242,10 @@ def _capture_sqlite(path: str, st0: os.stat_result, ctx: _Ctx) -> _Captured | st
         _sqlite.backup(path, os.fspath(tmp), timeout)
     except _sqlite.SqliteBusy as exc:
         log.info("fractfs: %s", exc)
-        _unlink(tmp)
+        unlink_if_present(tmp)
         return _BUSY
     except _sqlite.SqliteUnreadable as exc:
-        _unlink(tmp)
+        unlink_if_present(tmp)
         log.warning("fractfs: %s looks like SQLite but cannot be opened as one (%s); copying it as plain bytes",
                     path, exc)
         ctx.sqlite_unreadable_logged.add(path)
@@ -257,21 +258,14 @@ def _capture_sqlite(path: str, st0: os.stat_result, ctx: _Ctx) -> _Captured | st
         if size < ctx.large:
             with open(tmp, "rb") as f:
                 cap.data = f.read()
-            _unlink(tmp)
+            unlink_if_present(tmp)
         else:
             cap.upload_path = os.fspath(tmp)
             cap.temp = True
         return cap
     except BaseException:
-        _unlink(tmp)
+        unlink_if_present(tmp)
         raise
-
-
-def _unlink(p: PathLike) -> None:
-    try:
-        os.unlink(p)
-    except FileNotFoundError:
-        pass
 
 
 class _Readers:
@@ -322,7 +316,7 @@ class _Readers:
             if not fut.cancelled() and fut.exception() is None:
                 got = fut.result()
                 if isinstance(got, _Captured) and got.temp and got.upload_path:
-                    _unlink(got.upload_path)
+                    unlink_if_present(got.upload_path)
         self.futures.clear()
 
 
@@ -457,7 +451,7 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
     tmpdir = sdir / "tmp"
     tmpdir.mkdir(exist_ok=True)
     for leftover in tmpdir.iterdir():  # copies from a checkpoint that crashed
-        _unlink(leftover)
+        unlink_if_present(leftover)
     hdr, payload_at = scan.read_header(sdir)
     sized = catalog.list_sized(store)
     names = sorted(sized)
@@ -653,7 +647,7 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
                              and (prev.pack or prev.object or not prev.size)) else dedup.get(cap.sha)
             if known is not None or cap.size == 0:
                 if cap.temp and cap.upload_path:
-                    _unlink(cap.upload_path)
+                    unlink_if_present(cap.upload_path)
                 new[key] = _relocate(entry, known)
                 new_rows[key] = _entry_row(new[key], cap.facts, cap.side)
                 continue
@@ -671,7 +665,7 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
                 pending[cap.sha] = loc
                 result.stored.append(label)
             elif cap.temp and cap.upload_path:
-                _unlink(cap.upload_path)
+                unlink_if_present(cap.upload_path)
             new_locs[key] = (cap, loc)
         seal()
         up.wait()
@@ -680,7 +674,7 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
             readers.close()
         up.close()
         for leftover in tmpdir.iterdir():
-            _unlink(leftover)
+            unlink_if_present(leftover)
 
     for key, (cap, nloc) in new_locs.items():
         entry = Entry(key[0], key[1], FILE, mode=cap.mode, size=cap.size, mtime_ns=cap.mtime_ns, sha256=cap.sha,
@@ -869,7 +863,7 @@ def _streamer(store: Store, key: str, cap: _Captured) -> Callable[[], bool]:
             return unchanged
         finally:
             if cap.temp:
-                _unlink(path)
+                unlink_if_present(path)
 
     return run
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
+from ..localfile import unlink_if_present
 from ..errors import RestoreError, StoreError, StoreNotFound
 from ..stores.base import Store
 from . import catalog, scan, unrestored
@@ -85,13 +86,6 @@ def _short_of_space(path: str, need: int) -> bool:
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < need + (64 << 10)
-
-
-def _unlink(p: str) -> None:
-    try:
-        os.unlink(p)
-    except FileNotFoundError:
-        pass
 
 
 def _inside(path: str, root: str) -> bool:
@@ -217,7 +211,7 @@ class _Writer:
             finally:
                 os.close(fd)
         except BaseException as exc:
-            _unlink(tmp)
+            unlink_if_present(tmp)
             if isinstance(exc, OSError) and _disk_full(exc):
                 raise _DiskFull(dest, exc) from exc
             if isinstance(exc, OSError):
@@ -238,13 +232,13 @@ class _Writer:
             try:
                 store.get_file(key, Path(tmp))
             except StoreNotFound:
-                _unlink(tmp)
+                unlink_if_present(tmp)
                 self._fail(e, f"object {key} is missing from the store; not restored")
                 return
             except StoreError:
                 # unreachable is not damage: the whole restore fails (see restore()), because a caller that
                 # went on with this file missing would checkpoint its absence as a deletion
-                _unlink(tmp)
+                unlink_if_present(tmp)
                 raise
             h = hashlib.sha256()
             n = 0
@@ -264,7 +258,7 @@ class _Writer:
                         raise OSError(errno.ENOSPC, "No space left on device", dest)
                     os.close(fd)
                     fd = -1
-                    _unlink(tmp)
+                    unlink_if_present(tmp)
                     if not second_read:  # as in _refetch: one more read tells transit from the store
                         self.write_object(store, dest, e, second_read=True)
                         return
@@ -278,7 +272,7 @@ class _Writer:
                 if fd >= 0:
                     os.close(fd)
         except BaseException as exc:
-            _unlink(tmp)
+            unlink_if_present(tmp)
             if _disk_full(exc):
                 raise _DiskFull(dest, exc) from exc
             if isinstance(exc, OSError):
@@ -292,7 +286,7 @@ class _Writer:
         with self.lock:
             staged, self.staged = self.staged, []
         for tmp, _dest, _e in staged:
-            _unlink(tmp)
+            unlink_if_present(tmp)
 
     def place_all(self, roots: list[str], transfers: int) -> None:
         """Flush, then rename every staged file into place (in parallel: renames are metadata round trips)."""
@@ -304,7 +298,7 @@ class _Writer:
             _flush_filesystems(roots)
         except OSError as exc:
             for tmp, _dest, _e in staged:
-                _unlink(tmp)
+                unlink_if_present(tmp)
             raise RestoreError(f"could not flush restored files to disk under {', '.join(roots)}: {exc}"
                                ) from exc
 
@@ -315,21 +309,21 @@ class _Writer:
                 if not self.overwrite and not e.sqlite:
                     if self._rename_new(tmp, dest):
                         return True
-                    _unlink(tmp)  # appeared since we planned (rare: restore runs before the app)
+                    unlink_if_present(tmp)  # appeared since we planned (rare: restore runs before the app)
                     self._skip(e)
                     return False
                 if not self.overwrite and os.path.lexists(dest):
                     # appeared since we planned: never clobber it, nor remove its sidecars below
-                    _unlink(tmp)
+                    unlink_if_present(tmp)
                     self._skip(e)
                     return False
                 if e.sqlite:
                     # a stale -wal next to a newly placed database would be replayed into it
                     for sfx in SQLITE_SIDECARS:
-                        _unlink(dest + sfx)
+                        unlink_if_present(dest + sfx)
                 os.replace(tmp, dest)
             except OSError as exc:
-                _unlink(tmp)
+                unlink_if_present(tmp)
                 self._fail(e, f"cannot move into place: {exc.strerror or exc}")
                 return False
             return True
@@ -848,7 +842,7 @@ def _place_links(plan: _Planner, w: _Writer, res: RestoreResult) -> None:
                 try:
                     os.replace(tmp, dest)
                 except BaseException:
-                    _unlink(tmp)
+                    unlink_if_present(tmp)
                     raise
             else:
                 os.symlink(e.target, dest)  # fails if anything appeared there: never clobbers
@@ -874,7 +868,7 @@ def _place_links(plan: _Planner, w: _Writer, res: RestoreResult) -> None:
     for e, dest in made:
         root = os.path.realpath(plan.targets[e.area])
         if not _inside(os.path.realpath(dest), root):
-            _unlink(dest)
+            unlink_if_present(dest)
             why = f"symlink target {e.target!r} resolves outside the area (through other links)"
             log.warning("fractfs: restore: refused %s: %s", e.label, why)
             res.refused.append(f"{e.label}: {why}")

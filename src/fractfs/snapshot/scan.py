@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..localfile import write_replace
+from ..localfile import unlink_if_present, write_replace
 
 log = logging.getLogger("fractfs")
 
@@ -253,7 +253,4 @@ def write_cache(state_dir: Path, hdr: CacheHeader, rows: dict[str, dict[str, Cac
 
 
 def drop_cache(state_dir: Path) -> None:
-    try:
-        os.unlink(state_dir / CACHE_FILE)
-    except FileNotFoundError:
-        pass
+    unlink_if_present(state_dir / CACHE_FILE)

@@ -13,16 +13,11 @@ import sqlite3
 import time
 import urllib.parse
 
+from ..localfile import unlink_if_present
+
 log = logging.getLogger("fractfs")
 
 _SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 class SqliteBusy(Exception):
@@ -80,7 +75,7 @@ def backup(src: str, dest: str, timeout: float) -> None:
                 raise SqliteBusy(f"{src}: {exc}") from None
             if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "disk is full" in str(exc):
                 # our copy ran out of room: the database is fine, and must not fall back to a raw copy
-                _unlink(dest)
+                unlink_if_present(dest)
                 raise OSError(errno.ENOSPC, f"no room in {os.path.dirname(dest)} for a consistent copy of "
                               f"{src}") from None
             log.debug("sqlite backup of %s with %s failed: %s", src, params, exc)
@@ -89,8 +84,5 @@ def backup(src: str, dest: str, timeout: float) -> None:
             log.debug("sqlite backup of %s with %s failed: %s", src, params, exc)
         finally:
             con.close()
-        try:
-            os.unlink(dest)
-        except FileNotFoundError:
-            pass
+        unlink_if_present(dest)
     raise SqliteUnreadable(f"{src}: {last}")

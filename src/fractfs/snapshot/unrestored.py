@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Iterable
 
 from .format import DIR, FILE, Entry
-from ..localfile import write_replace
+from ..localfile import unlink_if_present, write_replace
 
 log = logging.getLogger("fractfs")
 
@@ -42,10 +41,7 @@ def record(state_dir: Path, snapshot_id: str, entries: Iterable[Entry]) -> None:
     items = sorted({(e.area, e.path): fingerprint(e) for e in entries if e.type != DIR}.items())
     path = state_dir / RECORD_FILE
     if not items:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        unlink_if_present(path)
         return
     doc = {"snapshot": snapshot_id, "entries": [[a, r, sha] for (a, r), sha in items]}
     write_replace(path, json.dumps(doc).encode(), durable=True)
