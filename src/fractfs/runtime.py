@@ -445,8 +445,7 @@ class Runtime:
         try:
             writer = self._writer_ok(eager)
         except FractfsError as exc:
-            self.consecutive_failures += 1
-            self._record_error(exc)
+            self._sync_failed(exc)
             raise
         if not writer:
             if eager:
@@ -497,8 +496,7 @@ class Runtime:
             try:
                 self._check_base()
             except Exception as exc:
-                self.consecutive_failures += 1
-                self._record_error(exc)
+                self._sync_failed(exc)
                 raise
         # The engine compares with the store's newest snapshot, and a file it cannot capture this round (busy,
         # unreadable, out of time) keeps that snapshot's entry. When that snapshot was written by another node
@@ -519,8 +517,7 @@ class Runtime:
             log.info("fractfs: %s checkpoint aborted for the final one", kind)
             raise
         except Exception as exc:
-            self.consecutive_failures += 1
-            self._record_error(exc)
+            self._sync_failed(exc)
             self._persist_status()
             raise
         finally:
@@ -544,8 +541,7 @@ class Runtime:
             try:
                 guard.commit_held()
             except Exception as exc:
-                self.consecutive_failures += 1
-                self._record_error(exc)
+                self._sync_failed(exc)
                 raise
             self._foreign_base = False
         self.last_sync_time = time.time()
@@ -564,6 +560,10 @@ class Runtime:
         self.consecutive_failures = 0
         self._persist_status()
         return list(self.last_stored)
+
+    def _sync_failed(self, exc: BaseException) -> None:
+        self.consecutive_failures += 1
+        self._record_error(exc)
 
     def _record_error(self, exc: BaseException) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
