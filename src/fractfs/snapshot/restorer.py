@@ -440,7 +440,8 @@ def _pack_runs(entries: list[Entry]) -> list[tuple[int, int, list[Entry]]] | Non
     for e in entries:
         if runs and e.offset <= runs[-1][0] + runs[-1][1] + _RANGE_GAP:
             start, length, es = runs[-1]
-            runs[-1] = (start, max(length, e.offset + e.size - start), es + [e])
+            es.append(e)  # in place: copying the list per entry made a run of n files cost n**2
+            runs[-1] = (start, max(length, e.offset + e.size - start), es)
         else:
             runs.append((e.offset, e.size, [e]))
     return runs
@@ -787,11 +788,14 @@ def _fetch_and_write(store: Store, files: list[tuple[Entry, str]], w: _Writer, t
         if batch:
             flush(batch)
 
+    packs = sorted(by_pack.items())
+    runs_of = {pid: _pack_runs([e for e, _ in items]) for pid, items in packs}  # None: fetch the whole pack
+
     def one_pack(pid: str, items: list[tuple[Entry, str]], data: bytes | None = None) -> None:
         if w.abort.is_set():
             return
         try:
-            runs = None if data is not None else _pack_runs([e for e, _ in items])
+            runs = None if data is not None else runs_of[pid]
             if runs is None:
                 if data is None:
                     data = store.get(pack_key(pid))
@@ -806,10 +810,9 @@ def _fetch_and_write(store: Store, files: list[tuple[Entry, str]], w: _Writer, t
                 w._fail(e, f"cannot fetch pack {pack_key(pid)}: {exc}; not restored")
         # any other StoreError propagates: unreachable is not damage (see write_object)
 
-    packs = sorted(by_pack.items())
     if has_batch_get(store) and len(packs) > 1:
-        whole = [(pid, items) for pid, items in packs if _pack_runs([e for e, _ in items]) is None]
-        ranged = [(pid, items) for pid, items in packs if _pack_runs([e for e, _ in items]) is not None]
+        whole = [(pid, items) for pid, items in packs if runs_of[pid] is None]
+        ranged = [(pid, items) for pid, items in packs if runs_of[pid] is not None]
         for i in range(0, len(whole), transfers):
             group = whole[i:i + transfers]
 
