@@ -262,6 +262,10 @@ class Manifest:
     def byte_count(self) -> int:
         return sum(e.size for e in self.entries if e.type == FILE)
 
+    def paths(self, *, include_dirs: bool = False) -> set[tuple[str, str]]:
+        """``(area, relpath)`` of every file and symlink (and directory, if asked)."""
+        return {(e.area, e.path) for e in self.entries if include_dirs or e.type != DIR}
+
 
 class UnknownFormatError(CorruptCheckpointError):
     """A manifest written by a fractfs that knows a newer format. Not damage, but not usable here either."""

@@ -15,7 +15,6 @@ from ..stores.base import Store
 from . import catalog
 from .format import (
     parse_snapshot_id,
-    DIR,
     FILE,
     OBJECTS,
     PACKS,
@@ -63,9 +62,7 @@ def list_snapshots(store: Store) -> list[SnapshotInfo]:
 def latest_paths(store: Store, *, include_dirs: bool = False) -> set[tuple[str, str]]:
     """``(area, relpath)`` of every file and symlink (and directory, if asked) in the newest valid snapshot."""
     m, _ = catalog.newest_valid(store)
-    if m is None:
-        return set()
-    return {(e.area, e.path) for e in m.entries if include_dirs or e.type != DIR}
+    return m.paths(include_dirs=include_dirs) if m is not None else set()
 
 
 @dataclass

@@ -457,6 +457,7 @@ def restore(
     transfers: int = 16,
     want: Want | None = None,
     state_dir: PathLike | None = None,
+    manifest: Manifest | None = None,
 ) -> RestoreResult:
     """Restore a snapshot (default: the newest valid one) into ``areas`` (area name → target directory).
 
@@ -464,16 +465,19 @@ def restore(
     differs. Entries for areas not in ``areas``, or rejected by ``want(area, relpath, is_dir)``, are left
     alone. Damaged or hostile entries are reported, never written. Disk full raises RestoreError (no partial
     file is left). ``state_dir``, when it is the one later checkpoints use, is seeded so that the first
-    checkpoint after the restore does not re-read everything that was just written.
+    checkpoint after the restore does not re-read everything that was just written. ``manifest``: the snapshot
+    to restore when the caller has already loaded it (verified, e.g. by ``catalog.newest_valid``), so it is not
+    fetched and decoded a second time; the caller then reports any fallback itself.
     """
     t0 = time.monotonic()
     res = RestoreResult()
-    names = catalog.list_names(store)
     m: Manifest | None
-    if snapshot_id:
-        m = catalog.load(store, catalog.resolve_id(names, snapshot_id))
+    if manifest is not None:
+        m = manifest
+    elif snapshot_id:
+        m = catalog.load(store, catalog.resolve_id(catalog.list_names(store), snapshot_id))
     else:
-        m, res.fell_back_from = catalog.newest_valid(store, names)
+        m, res.fell_back_from = catalog.newest_valid(store)
     if m is None:
         if res.fell_back_from:
             res.errors.append("no valid snapshot on the store: every one is damaged")
