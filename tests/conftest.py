@@ -147,6 +147,20 @@ def tmpfs_volume(tmpfs_factory: Callable[..., Path]) -> Path:
     return tmpfs_factory("256m")
 
 
+@pytest.fixture
+def coarse_clock_dir(tmp_path: Path) -> Iterator[Path]:
+    """A fresh ramfs mount: a filesystem whose timestamps tick coarsely (see _services.mount_ramfs)."""
+    p = tmp_path / "ramfs"
+    try:
+        _services.mount_ramfs(p)
+    except MissingPiece as exc:
+        missing(str(exc))
+    try:
+        yield p
+    finally:
+        _services.unmount(p)
+
+
 def _rclone_pids(mountpoint: Path) -> list[int]:
     """PIDs of the rclone daemon serving ``mountpoint`` (unique per test, so never someone else's)."""
     pids = []
