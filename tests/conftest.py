@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import time
@@ -37,6 +38,15 @@ def missing(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"CI=true but a required piece is missing: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def git() -> str:
+    """The `git` executable: the oracle the tier resolver is checked against (.ci/run installs it)."""
+    exe = shutil.which("git")
+    if exe is None:
+        missing("git is not installed (apt-get install git): the gitignore oracle tests need it")
+    return exe
 
 
 # -- S3 (SeaweedFS) --------------------------------------------------------------------------------
