@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -205,6 +206,21 @@ class Child:
         t = time.time()
         self.proc.send_signal(sig)
         return t
+
+    def stop_like_the_platform(self, grace: float) -> tuple[int, float]:
+        """SIGTERM, then SIGKILL after ``grace`` seconds if the process is still there, as Databricks Apps,
+        Kubernetes and systemd do. Returns the exit code (``-SIGKILL`` if the platform had to kill it) and
+        how long the process took to go, for the report: a test asserts on the exit code, which holds on a
+        loaded machine as long as fractfs keeps to its own budget (grace minus 10 %, at most 1 s)."""
+        sent = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        took = time.monotonic() - sent
+        return self.finish(), took
 
     def finish(self, timeout: float = 30) -> int:
         try:
