@@ -64,3 +64,45 @@ def test_malformed_entries_are_refused(bad: dict[str, Any]) -> None:
     assert entry_from_json(_entry()).path == "a"
     with pytest.raises(BadEntry):
         entry_from_json(_entry(**bad))
+
+
+def test_non_ascii_names_round_trip(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    write(tmp_path / "app", "données/é.txt", "ü")
+    res = checkpoint(store, {"root": tmp_path / "app"}, everything, state_dir=tmp_path / "state")
+    assert res.stored == ["root:données/é.txt"]
+    m, damaged = catalog.newest_valid(store)
+    assert m is not None and damaged == [] and ("root", "données/é.txt") in m.paths()
+
+
+def test_manifest_inflation_is_bounded_while_it_happens(tmp_path: Path) -> None:
+    """A 200 MiB "gzip bomb" under a valid name is refused without ever being inflated whole (the bound is
+    max(64 MiB, 100 x its stored size)): the process reading it stays far below 200 MiB."""
+    import hashlib
+    import subprocess
+    import sys
+    import zlib
+
+    from helpers import SRC
+
+    c = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    chunk = b"\0" * (1 << 20)
+    bomb = b"".join(c.compress(chunk) for _ in range(200)) + c.flush()
+    path = tmp_path / "bomb"
+    path.write_bytes(bomb)
+    name = SnapName(1, hashlib.sha256(bomb).hexdigest())
+    code = f"""
+import resource, sys
+from fractfs.errors import CorruptCheckpointError
+from fractfs.snapshot.format import SnapName, decode_manifest
+data = open({str(path)!r}, "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    decode_manifest(SnapName(1, {name.digest!r}), data)
+    print("accepted")
+except CorruptCheckpointError as exc:
+    print("refused", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(SRC)}, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split()
+    assert out[0] == "refused" and int(out[1]) < 120, out  # MiB of peak memory added while decoding
