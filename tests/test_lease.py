@@ -43,6 +43,15 @@ def test_key_format_and_foreign_names(store: PosixStore) -> None:
         assert parse_generation(foreign) is None, foreign
 
 
+def test_a_record_as_docs_format_md_shows_it_decodes() -> None:
+    # the wire format (docs/format.md §10) does not change with the code: a literal version-1 record
+    raw = (b'{"acquired": 1700000000.0, "beat": 3, "format": "fractfs-lease", "generation": 2, "host": "h", '
+           b'"node": "h:1:ab", "pid": 1, "released": false, "time": 1700000001.0, "timeout": 30.0, '
+           b'"token": "t", "version": 1}')
+    rec = LeaseRecord.decode(raw)
+    assert rec is not None and (rec.generation, rec.node, rec.beat, rec.released) == (2, "h:1:ab", 3, False)
+
+
 def test_record_decoding_is_strict_and_defaults_to_live() -> None:
     doc = json.loads(record(3, "n"))
     assert LeaseRecord.decode(json.dumps(doc).encode()) is not None
@@ -137,6 +146,7 @@ def test_release_stops_committing_and_never_deletes_someone_elses_object(store: 
     assert a.tick() is True
     a.release()
     assert a.held is False and a.valid() is False and list(store.list("locks/")) == []
+    assert a.describe()["state"] == "free" and a.describe()["holder"] is None
 
     assert a.tick() is True
     store.put(lease_key(a.generation or 0), record(a.generation or 0, "B", token="b-token"))

@@ -38,7 +38,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,6 +113,8 @@ class Mutant:
     seconds: float = 0.0
 
 
+Located = Union[ast.expr, ast.stmt]  # nodes with a position in the source
+
 _CMP_SWAP: dict[type, type] = {
     ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE, ast.LtE: ast.Gt,
     ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is,
@@ -138,7 +140,7 @@ class _Finder(ast.NodeVisitor):
         self.module = module
         self.functions = set(functions)
         self.stack: list[str] = []
-        self.found: list[tuple[Mutant, ast.AST, str]] = []  # (mutant, node, replacement text)
+        self.found: list[tuple[Mutant, Located, str]] = []  # (mutant, node, replacement text)
 
     # scope ------------------------------------------------------------------------------------------------
     def _scoped(self) -> bool:
@@ -180,7 +182,7 @@ class _Finder(ast.NodeVisitor):
         self.generic_visit(node)
 
     # mutations --------------------------------------------------------------------------------------------
-    def _add(self, node: ast.AST, kind: str, text: str, *, stmt: bool = False) -> None:
+    def _add(self, node: Located, kind: str, text: str, *, stmt: bool = False) -> None:
         before = ast.get_source_segment(self.source, node) or ""
         m = Mutant(self.module, node.lineno, node.col_offset, kind, before.splitlines()[0][:80] if before else "",
                    text if stmt else text[:80], ".".join(self.stack) or "<module>")
