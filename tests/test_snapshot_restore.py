@@ -277,6 +277,22 @@ def test_overwrite_replaces_only_differing_content(tmp_path: Path) -> None:
     assert os.readlink(dst["root"] / "l") == "same"
 
 
+def test_overwrite_also_restores_missing_files_and_replaces_links_to_identical_content(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    write(src["root"], "gone", "only in the snapshot")
+    write(src["root"], "file", "same bytes")
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    dst = _areas(tmp_path, "fresh")
+    write(dst["root"], "elsewhere!", "same bytes")
+    # a link whose own size (its target's name) and whose target's bytes both match: still not the file
+    os.symlink("elsewhere!", dst["root"] / "file")
+    out = restore(store, dst, overwrite=True)
+    assert sorted(out.restored) == ["root:file", "root:gone"], out
+    assert (dst["root"] / "gone").read_text() == "only in the snapshot"
+    assert not (dst["root"] / "file").is_symlink() and (dst["root"] / "file").read_text() == "same bytes"
+
+
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     src = _areas(tmp_path)
