@@ -292,6 +292,19 @@ def mount_tmpfs(path: Path, size: str = "256m") -> None:
         raise MissingPiece(f"mount -t tmpfs failed: {r.stderr.strip() or r.stdout.strip()}")
 
 
+def mount_ramfs(path: Path) -> None:
+    """A ramfs: unlike tmpfs and ext4 on this kernel (multigrain timestamps), its timestamps come from the
+    coarse kernel clock (one tick, 4 ms at HZ=250), as on many other filesystems: a file rewritten within one
+    tick keeps its size, mtime and ctime."""
+    require_root("a ramfs volume")
+    if shutil.which("mount") is None:
+        raise MissingPiece("`mount` is not installed")
+    path.mkdir(parents=True, exist_ok=True)
+    r = _run_quiet(["mount", "-t", "ramfs", "-o", "mode=0755", "ramfs", str(path)], 30)
+    if r.returncode != 0:
+        raise MissingPiece(f"mount -t ramfs failed: {r.stderr.strip() or r.stdout.strip()}")
+
+
 def unmount(path: Path, *, fuse: bool = False) -> None:
     """Unmount ``path`` without ever hanging the test run: each attempt has a timeout and a lazy
     unmount is the last resort (a dead FUSE daemon can block even `ls` for minutes)."""

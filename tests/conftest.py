@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import time
@@ -37,6 +38,15 @@ def missing(reason: str) -> NoReturn:
     if in_ci():
         pytest.fail(f"CI=true but a required piece is missing: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def git() -> str:
+    """The `git` executable: the oracle the tier resolver is checked against (.ci/run installs it)."""
+    exe = shutil.which("git")
+    if exe is None:
+        missing("git is not installed (apt-get install git): the gitignore oracle tests need it")
+    return exe
 
 
 # -- S3 (SeaweedFS) --------------------------------------------------------------------------------
@@ -145,6 +155,20 @@ def tmpfs_factory(tmp_path: Path) -> Iterator[Callable[..., Path]]:
 def tmpfs_volume(tmpfs_factory: Callable[..., Path]) -> Path:
     """A fresh 256 MiB tmpfs mount (cross-device from tmp_path)."""
     return tmpfs_factory("256m")
+
+
+@pytest.fixture
+def coarse_clock_dir(tmp_path: Path) -> Iterator[Path]:
+    """A fresh ramfs mount: a filesystem whose timestamps tick coarsely (see _services.mount_ramfs)."""
+    p = tmp_path / "ramfs"
+    try:
+        _services.mount_ramfs(p)
+    except MissingPiece as exc:
+        missing(str(exc))
+    try:
+        yield p
+    finally:
+        _services.unmount(p)
 
 
 def _rclone_pids(mountpoint: Path) -> list[int]:

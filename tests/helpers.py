@@ -1,17 +1,24 @@
-"""Small helpers tests import directly: ``run_py`` (app code in a fresh interpreter) and ``Node`` (an app on a
-node whose local disk can be wiped)."""
+"""Small helpers tests import directly: ``run_py`` (app code in a fresh interpreter), ``Node`` (an app on a
+node whose local disk can be wiped), and ``App``/``Child``/``read_back`` (an app whose code runs in real
+processes, for signals, exit hooks and the lease)."""
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from fractfs.stores import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
@@ -118,3 +125,128 @@ class Node:
             return proc
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("{", "["))]
         return json.loads(lines[-1]) if lines else None
+
+
+# -- apps that run as real processes (signals, exit hooks, the lease) --------------------------------------
+
+APP_CONFIG = '[ignore]\npatterns = ["*.tmp"]\n'
+
+PRELUDE = """\
+import json, os, signal, sys, time, logging
+logging.basicConfig(level=logging.INFO, format="%(relativeCreated)d %(threadName)s %(message)s")
+import fractfs
+def out(**kw):
+    print(json.dumps(kw), flush=True)
+def put(path, text):
+    # atomic, so a checkpoint never sees a half-written value (*.tmp is ignored)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+"""
+
+
+class App(Node):
+    """One node (``base/name``) pointed at a shared Volume (path or s3:// URL), running the PRELUDE'd app code
+    that reports through JSON lines; ``spawn`` keeps it running for signals."""
+
+    def __init__(self, base: Path, volume: str, name: str = "node", config: str = APP_CONFIG):
+        if "://" not in volume:
+            Path(volume).mkdir(parents=True, exist_ok=True)  # the mounted Volume exists before the app starts
+        super().__init__(base / name, volume, config, env={} if "://" in volume else {"fractfs_BACKEND": "volumes"})
+
+    def run(self, body: str, *, check: bool = True, timeout: float = 120, **extra: str) -> Any:
+        return super().run(PRELUDE + textwrap.dedent(body), check=check, timeout=timeout, **extra)
+
+    def spawn(self, body: str, **extra: str) -> Child:
+        env = self.env(**extra)
+        env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        return Child(PRELUDE + textwrap.dedent(body), env, self.root, self.base / "stderr.log")
+
+    def store(self) -> Any:
+        return open_store(self.volume.rstrip("/") + "/_checkpoint")
+
+
+class Child:
+    """A running app process whose JSON stdout lines can be awaited."""
+
+    def __init__(self, code: str, env: dict[str, str], cwd: Path, stderr_path: Path):
+        self.stderr_path = stderr_path
+        self._err = open(stderr_path, "w")  # noqa: SIM115 - closed in finish()
+        self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=str(cwd), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=self._err, text=True)
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                self.lines.put(json.loads(line))
+
+    def expect(self, key: str, value: Any = None, timeout: float = 20) -> dict[str, Any]:
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {key}={value!r} from the child; stderr:\n{self.stderr()}")
+            try:
+                msg = self.lines.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                if self.proc.poll() is not None and self.lines.empty():
+                    raise AssertionError(f"child exited {self.proc.returncode} before {key}={value!r}; "
+                                         f"stderr:\n{self.stderr()}") from None
+                continue
+            self.seen.append(msg)
+            if key in msg and (value is None or msg[key] == value):
+                return msg
+
+    def signal(self, sig: int) -> float:
+        t = time.time()
+        self.proc.send_signal(sig)
+        return t
+
+    def stop_like_the_platform(self, grace: float) -> tuple[int, float]:
+        """SIGTERM, then SIGKILL after ``grace`` seconds if the process is still there, as Databricks Apps,
+        Kubernetes and systemd do. Returns the exit code (``-SIGKILL`` if the platform had to kill it) and
+        how long the process took to go, for the report: a test asserts on the exit code, which holds on a
+        loaded machine as long as fractfs keeps to its own budget (grace minus 10 %, at most 1 s)."""
+        sent = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        took = time.monotonic() - sent
+        return self.finish(), took
+
+    def finish(self, timeout: float = 30) -> int:
+        try:
+            rc = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._err.close()
+        self._reader.join(2)
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return rc
+
+    def stderr(self) -> str:
+        if not self._err.closed:
+            self._err.flush()
+        return self.stderr_path.read_text()
+
+
+def read_back(app: App, *names: str) -> dict[str, Optional[str]]:
+    """Cold-start ``app`` (wiped) and read ``names`` after init() has restored."""
+    app.wipe()
+    found: dict[str, Optional[str]] = app.run(f"""
+        fractfs.init(start_daemon=False)
+        out(**{{n: (open(n).read() if os.path.exists(n) else None) for n in {list(names)!r}}})
+        fractfs.shutdown(final_sync=False)
+    """)
+    return found

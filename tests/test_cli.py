@@ -9,11 +9,21 @@ import pty
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import SRC, run_py
+
+import fractfs
+from fractfs.lease import Lease
+from fractfs.stores.posix import PosixStore
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - tomli is a dependency on Python < 3.11
+    import tomli as tomllib
 
 CONFIG = """\
 [dirs]
@@ -49,6 +59,24 @@ def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def console_script() -> list[str]:
+    """How to run the ``fractfs`` console script of *this* checkout.
+
+    The script pip generated in the scripts directory of the interpreter running the tests when there is one
+    (never whatever ``fractfs`` comes first on PATH, which may be another install); otherwise the entry point
+    pyproject.toml declares, run by this interpreter. Either way the code is the checkout's: ``_clean_env``
+    puts ``src/`` first on PYTHONPATH, ahead of any installed copy.
+    """
+    exe = Path(sysconfig.get_path("scripts")) / "fractfs"
+    if exe.is_file() and os.access(exe, os.X_OK):
+        return [str(exe)]
+    with open(SRC.parent / "pyproject.toml", "rb") as f:
+        target = tomllib.load(f)["project"]["scripts"]["fractfs"]
+    module, func = target.split(":")
+    return [sys.executable, "-c",
+            f"import sys; from {module} import {func}; sys.argv[0] = 'fractfs'; sys.exit({func}())"]
+
+
 def run_cli(
     *args: str,
     env: dict[str, str],
@@ -59,10 +87,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run the command; check the exit code, and that no traceback ever reaches the user."""
     if script:
-        exe = shutil.which("fractfs")
-        if exe is None:
-            pytest.skip("the `fractfs` console script is not installed (pip install -e .)")
-        argv = [exe, *args]
+        argv = [*console_script(), *args]
     else:
         argv = [sys.executable, "-m", "fractfs", *args]
     proc = subprocess.run(argv, env=env, cwd=str(cwd) if cwd else None, stdout=subprocess.PIPE, stderr=stderr,
@@ -144,7 +169,9 @@ def test_help_on_every_command_and_version(tmp_path: Path) -> None:
         assert cmd in top.stdout
         assert proc.returncode == 0 and proc.stdout.startswith(f"usage: fractfs {cmd}"), proc.stdout
         assert "--root" in proc.stdout  # global options are accepted after the command too
-    assert run_cli("--version", env=env, cwd=tmp_path, script=True).stdout.startswith("fractfs 0.")
+    # the console script runs this checkout's code, whatever else is installed
+    assert run_cli("--version", env=env, cwd=tmp_path, script=True).stdout.split() == ["fractfs",
+                                                                                      fractfs.__version__]
 
 
 BAD_ARGUMENTS = [
@@ -393,10 +420,7 @@ def test_doctor_flags_a_real_directory_in_the_way(tmp_path: Path, plain_volume: 
 
 
 def test_lease_held_by_another_node_blocks_sync_and_prune(app: App) -> None:
-    lease_mod = pytest.importorskip("fractfs.lease")
-    from fractfs.stores.posix import PosixStore
-
-    other = lease_mod.Lease(PosixStore(Path(app.volume) / "_checkpoint"), "other-node:42", timeout=60)
+    other = Lease(PosixStore(Path(app.volume) / "_checkpoint"), "other-node:42", timeout=60)
     assert other.tick()
     (app.root / "state" / "counter.txt").write_text("2")
     line = one_error_line(app.cli("sync", expect=1))

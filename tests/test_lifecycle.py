@@ -3,21 +3,14 @@ single-writer lease. App code runs in fresh processes (signals and exit hooks ne
 
 from __future__ import annotations
 
-import json
-import os
-import queue
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
 
 import pytest
-import helpers
-from helpers import SRC
+from helpers import App, read_back
 
 from fractfs import snapshot
 from fractfs.errors import StoreError
@@ -26,114 +19,6 @@ from fractfs.runtime import CheckpointAborted, _guard
 from fractfs.stores import open_store
 from fractfs.stores.posix import PosixStore
 
-CONFIG = '[ignore]\npatterns = ["*.tmp"]\n'
-
-PRELUDE = """\
-import json, os, signal, sys, time, logging
-logging.basicConfig(level=logging.INFO, format="%(relativeCreated)d %(threadName)s %(message)s")
-import fractfs
-def out(**kw):
-    print(json.dumps(kw), flush=True)
-def put(path, text):
-    # atomic, so a checkpoint never sees a half-written value (*.tmp is ignored)
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-"""
-
-
-class App(helpers.Node):
-    """One node (``base/name``) pointed at a shared Volume (path or s3:// URL), running the PRELUDE'd app code
-    that reports through JSON lines; ``spawn`` keeps it running for signals."""
-
-    def __init__(self, base: Path, volume: str, name: str = "node", config: str = CONFIG):
-        if "://" not in volume:
-            Path(volume).mkdir(parents=True, exist_ok=True)  # the mounted Volume exists before the app starts
-        super().__init__(base / name, volume, config, env={} if "://" in volume else {"fractfs_BACKEND": "volumes"})
-
-    def run(self, body: str, *, check: bool = True, timeout: float = 120, **extra: str) -> Any:
-        return super().run(PRELUDE + textwrap.dedent(body), check=check, timeout=timeout, **extra)
-
-    def spawn(self, body: str, **extra: str) -> Child:
-        env = self.env(**extra)
-        env["PYTHONPATH"] = str(SRC) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        return Child(PRELUDE + textwrap.dedent(body), env, self.root, self.base / "stderr.log")
-
-    def store(self) -> Any:
-        return open_store(self.volume.rstrip("/") + "/_checkpoint")
-
-
-class Child:
-    """A running app process whose JSON stdout lines can be awaited."""
-
-    def __init__(self, code: str, env: dict[str, str], cwd: Path, stderr_path: Path):
-        self.stderr_path = stderr_path
-        self._err = open(stderr_path, "w")  # noqa: SIM115 - closed in finish()
-        self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=str(cwd), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=self._err, text=True)
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("{"):
-                self.lines.put(json.loads(line))
-
-    def expect(self, key: str, value: Any = None, timeout: float = 20) -> dict[str, Any]:
-        end = time.monotonic() + timeout
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {key}={value!r} from the child; stderr:\n{self.stderr()}")
-            try:
-                msg = self.lines.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                if self.proc.poll() is not None and self.lines.empty():
-                    raise AssertionError(f"child exited {self.proc.returncode} before {key}={value!r}; "
-                                         f"stderr:\n{self.stderr()}") from None
-                continue
-            self.seen.append(msg)
-            if key in msg and (value is None or msg[key] == value):
-                return msg
-
-    def signal(self, sig: int) -> float:
-        t = time.time()
-        self.proc.send_signal(sig)
-        return t
-
-    def finish(self, timeout: float = 30) -> int:
-        try:
-            rc = self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self._err.close()
-        self._reader.join(2)
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        return rc
-
-    def stderr(self) -> str:
-        if not self._err.closed:
-            self._err.flush()
-        return self.stderr_path.read_text()
-
-
-def read_back(app: App, *names: str) -> dict[str, Optional[str]]:
-    """Cold-start ``app`` (wiped) and read ``names`` after init() has restored."""
-    app.wipe()
-    found: dict[str, Optional[str]] = app.run(f"""
-        fractfs.init(start_daemon=False)
-        out(**{{n: (open(n).read() if os.path.exists(n) else None) for n in {list(names)!r}}})
-        fractfs.shutdown(final_sync=False)
-    """)
-    return found
-
-
 def node_of(app: App) -> list[str]:
     return [s.node for s in snapshot.list_snapshots(app.store()) if s.valid]
 
@@ -141,21 +26,18 @@ def node_of(app: App) -> list[str]:
 # -- graceful stop ---------------------------------------------------------------------------------------
 
 def test_sigterm_final_checkpoint_default_handler(tmp_path: Path, volume: Path) -> None:
-    """SIGTERM with a 3600 s interval: the last write is restorable, the exit looks like a plain SIGTERM death
-    and happens within the grace, and the lease is given back."""
+    """SIGTERM with a 3600 s interval: the last write is restorable, the process ends by itself as a plain
+    SIGTERM death before the platform's SIGKILL at the end of the grace, and the lease is given back."""
     app = App(tmp_path, str(volume))
     child = app.spawn("""
         fractfs.init()
         put("state.txt", "the last write before SIGTERM")
         out(event="ready")
         time.sleep(60)
-    """, fractfs_GRACE="4")
+    """, fractfs_GRACE="8")
     child.expect("event", "ready")
-    sent = child.signal(signal.SIGTERM)
-    rc = child.finish()
-    took = time.time() - sent
-    assert rc == -signal.SIGTERM, child.stderr()
-    assert took < 4.0, f"exit took {took:.2f}s, grace is 4s"
+    rc, took = child.stop_like_the_platform(grace=8)
+    assert rc == -signal.SIGTERM, f"exit code {rc} after {took:.2f}s (grace 8 s)\n{child.stderr()}"
     assert not [k for k, _ in app.store().list("locks/")], "the lease must be released at shutdown"
     assert read_back(app, "state.txt") == {"state.txt": "the last write before SIGTERM"}
 
@@ -179,12 +61,10 @@ def test_sigterm_chains_to_app_handler(tmp_path: Path, when: str) -> None:
     """
     code = (textwrap.dedent(install) + textwrap.dedent(body)) if when == "before-init" else (
         textwrap.dedent(body).replace('out(event="ready")', textwrap.dedent(install) + 'out(event="ready")'))
-    child = app.spawn(code, fractfs_GRACE="4")
+    child = app.spawn(code, fractfs_GRACE="8")
     child.expect("event", "ready")
-    sent = child.signal(signal.SIGTERM)
-    rc = child.finish()
-    assert rc == 3, child.stderr()
-    assert time.time() - sent < 4.0
+    rc, took = child.stop_like_the_platform(grace=8)  # the app's exit code, before the platform's SIGKILL
+    assert rc == 3, f"exit code {rc} after {took:.2f}s (grace 8 s)\n{child.stderr()}"
     assert read_back(app, "state.txt", "handler.txt") == {"state.txt": "v1", "handler.txt": "the app's handler ran"}
 
 
@@ -241,15 +121,16 @@ SLOW_STORE = """
     _put = PosixStore.put
     def slow_put(self, key, data, **kw):
         if key.startswith(("packs/", "objects/")):
-            time.sleep(len(data) / 20e6)  # a 20 MB/s link
+            time.sleep(len(data) / 20e6)  # a 20 MB/s link: with one transfer, 120 MB take longer than the grace
         return _put(self, key, data, **kw)
     PosixStore.put = slow_put
 """
 
 
 def test_sigterm_on_slow_store_within_grace(tmp_path: Path) -> None:
-    """SIGTERM while a big background checkpoint is still uploading over a slow link: the process is gone
-    within the grace, the newest write made it, and what was left out is named."""
+    """SIGTERM while a big background checkpoint is still uploading over a slow link: the process ends by itself
+    before the platform's SIGKILL at the end of the grace (fractfs stops its own work 10 % of the grace
+    earlier), the newest write made it, and what was left out is named."""
     app = App(tmp_path, str(tmp_path / "vol"))
     child = app.spawn(textwrap.dedent(SLOW_STORE) + textwrap.dedent("""
         fractfs.init()
@@ -264,14 +145,11 @@ def test_sigterm_on_slow_store_within_grace(tmp_path: Path) -> None:
             time.sleep(0.01)
         out(event="ready")
         time.sleep(60)
-    """), fractfs_GRACE="3", fractfs_SYNC_INTERVAL="0.5", fractfs_TRANSFERS="2")
+    """), fractfs_GRACE="5", fractfs_SYNC_INTERVAL="0.5", fractfs_TRANSFERS="1")
     child.expect("event", "ready")
-    sent = child.signal(signal.SIGTERM)
-    rc = child.finish()
-    took = time.time() - sent
+    rc, took = child.stop_like_the_platform(grace=5)
     err = child.stderr()
-    assert rc == -signal.SIGTERM, err
-    assert took < 3.0, f"exit took {took:.2f}s, grace is 3s\n{err}"
+    assert rc == -signal.SIGTERM, f"exit code {rc} after {took:.2f}s (grace 5 s)\n{err}"
     assert ("root", "newest.txt") in snapshot.latest_paths(app.store()), err
     # what did not fit is named, newest first (the oldest files are the ones left for later)
     line = next(ln for ln in err.splitlines() if "not stored" in ln)
@@ -281,7 +159,11 @@ def test_sigterm_on_slow_store_within_grace(tmp_path: Path) -> None:
 
 # -- data-loss window under SIGKILL ----------------------------------------------------------------------
 
-def test_sigkill_interval_mode_loses_at_most_one_interval(tmp_path: Path) -> None:
+def test_sigkill_interval_mode_loses_only_writes_after_the_last_checkpoint(tmp_path: Path) -> None:
+    """interval mode: the daemon checkpoints on its own, again and again, and a SIGKILL loses only what was
+    written after the start of the last checkpoint that completed. Decided from the checkpoints the app saw
+    complete (status()), not from how long a loaded machine takes; the data-loss window itself is measured
+    by benchmarks/data_loss_window.py."""
     app = App(tmp_path, str(tmp_path / "vol"))
     child = app.spawn("""
         fractfs.init()
@@ -289,22 +171,32 @@ def test_sigkill_interval_mode_loses_at_most_one_interval(tmp_path: Path) -> Non
         while True:
             i += 1
             put("counter.txt", str(i))
-            out(i=i, t=time.time())
+            st = fractfs.status()
+            done = st["last_sync_time"]
+            # the start of the newest completed checkpoint (times are rounded to the ms: stay below), unless
+            # the file kept changing while it read it and so kept its previous version ("busy")
+            started = None if done is None or "counter.txt" in st["last_skipped_busy"] else (
+                done - st["last_sync_duration"] - 0.002)
+            out(i=i, t=time.time(), syncs=st["syncs"], started=started)
             time.sleep(0.05)
     """, fractfs_SYNC_INTERVAL="0.5", fractfs_SYNC_MODE="interval")
-    child.expect("i", 50)  # ~2.5 s: several intervals
-    killed = child.signal(signal.SIGKILL)
+    while True:  # four checkpoints the daemon made by itself, the last one with the file captured
+        msg = child.expect("syncs", timeout=60)
+        if msg["syncs"] >= 4 and msg["started"] is not None:
+            break
+    child.signal(signal.SIGKILL)
     child.finish()
-    writes = {m["i"]: m["t"] for m in child.seen if "i" in m}
+    msgs = [m for m in child.seen if "i" in m]
+    started = max(m["started"] for m in msgs if m["started"] is not None)
+    must_have = max((m["i"] for m in msgs if m["t"] < started), default=0)
     got = read_back(app, "counter.txt")["counter.txt"]
     assert got is not None
-    saved = int(got)
-    first_lost = writes.get(saved + 1)
-    lost_window = 0.0 if first_lost is None else killed - first_lost
-    assert lost_window <= 0.5 + 0.5, f"lost {lost_window:.2f}s of writes with a 0.5s interval"
+    assert must_have <= int(got) <= msgs[-1]["i"], (must_have, got, msgs[-1])
 
 
-def test_sigkill_watch_mode_loses_about_a_second(tmp_path: Path) -> None:
+def test_sigkill_watch_mode_keeps_what_the_watcher_saved(tmp_path: Path) -> None:
+    """watch mode, with a 3600 s interval so that only the watcher can trigger a checkpoint: each burst of
+    writes is checkpointed once it is over, and a SIGKILL after that loses none of it."""
     app = App(tmp_path, str(tmp_path / "vol"))
     child = app.spawn("""
         st = fractfs.init()
@@ -313,12 +205,16 @@ def test_sigkill_watch_mode_loses_about_a_second(tmp_path: Path) -> None:
             for j in range(5):
                 put("counter.txt", f"{burst}.{j}")
                 time.sleep(0.02)
-            out(burst=burst, t=time.time())
-            time.sleep(1.6)
+            end = time.time()
+            while True:  # until a checkpoint that started after the burst has completed
+                s = fractfs.status()
+                if s["last_sync_time"] and s["last_sync_time"] - s["last_sync_duration"] - 0.002 > end:
+                    break
+                time.sleep(0.01)
+            out(burst=burst, saved_after=time.time() - end)
         time.sleep(60)
-    """, fractfs_SYNC_MODE="watch")  # interval 3600: only the watcher can save these
-    end = child.expect("burst", 2)
-    time.sleep(max(0.0, end["t"] + 1.2 - time.time()))
+    """, fractfs_SYNC_MODE="watch")
+    child.expect("burst", 2, timeout=60)
     child.signal(signal.SIGKILL)
     child.finish()
     assert read_back(app, "counter.txt") == {"counter.txt": "2.4"}
@@ -372,9 +268,10 @@ def test_watch_mode_follows_changes_and_stays_idle(tmp_path: Path) -> None:
         from fractfs.stores import open_store
         store = open_store(os.environ["fractfs_VOLUME_ROOT"] + "/_checkpoint")
         def window(rel):
+            # the interval is 3600 s: a snapshot with this file can only come from the watcher
             t0 = time.time()
             while ("root", rel) not in snapshot.latest_paths(store):
-                assert time.time() - t0 < 10, rel
+                assert time.time() - t0 < 60, rel
                 time.sleep(0.02)
             return time.time() - t0
         def syncs():
@@ -389,8 +286,13 @@ def test_watch_mode_follows_changes_and_stays_idle(tmp_path: Path) -> None:
         os.rename("n1", "m1")
         put("m1/n2/n3/moved.txt", "a moved directory is still watched")
         res["moved"] = window("m1/n2/n3/moved.txt")
-        time.sleep(1)
-        s0 = syncs()
+        s0, t0 = syncs(), time.time()
+        while True:  # quiet: no checkpoint for a whole second (the move's own events may trigger one more)
+            time.sleep(1)
+            if syncs() == s0:
+                break
+            s0 = syncs()
+            assert time.time() - t0 < 30, "the daemon never went quiet"
         for i in range(10):
             open("junk.tmp", "w").write(str(i))  # ignored: must not wake the daemon
             time.sleep(0.05)
@@ -400,8 +302,6 @@ def test_watch_mode_follows_changes_and_stays_idle(tmp_path: Path) -> None:
         out(**res)
     """, fractfs_SYNC_MODE="watch")
     assert out["mode"] == "watch" and out["watched"] >= 1
-    for k in ("flat", "deep", "moved"):
-        assert out[k] < 1.5, out
     assert out["after_ignored"] == 0, out
 
 
@@ -452,7 +352,7 @@ def test_second_node_is_read_only_until_the_first_releases(tmp_path: Path) -> No
         while not fractfs.status()["writer"]:
             assert time.time() - t0 < 15
             time.sleep(0.05)
-        out(event="took", after=time.time() - t0)
+        out(event="took", after=time.time() - t0, takeovers=fractfs.status()["lease"]["takeovers"])
         while fractfs.status()["syncs"] == 0:
             time.sleep(0.05)
         fractfs.shutdown()
@@ -465,10 +365,13 @@ def test_second_node_is_read_only_until_the_first_releases(tmp_path: Path) -> No
     standby = node_b.expect("event", "standby")
     assert standby["stored"] == [] and standby["writer"] is False
     took = node_b.expect("event", "took")
-    assert took["after"] < 2 + 1.0  # a released lease is taken at the next poll (timeout/4), not after a timeout
+    # a released lease is simply acquired (at the next poll), not waited out and taken over as a stale one
+    assert took["takeovers"] == 0, took
     node_b.expect("event", "done")
     assert node_a.finish() == 0 and node_b.finish() == 0
-    assert "holds the checkpoint lease" in node_b.stderr()
+    err_b = node_b.stderr()
+    assert "holds the checkpoint lease" in err_b
+    assert "acquired the checkpoint lease" in err_b and "took over the checkpoint lease" not in err_b, err_b
     nodes = node_of(a)
     first_b = next(i for i, n in enumerate(nodes) if n != ready["node"])
     assert all(n == ready["node"] for n in nodes[:first_b]) and all(n != ready["node"] for n in nodes[first_b:])
@@ -490,6 +393,15 @@ def test_stale_lease_is_taken_over_after_sigkill(tmp_path: Path) -> None:
     node_a.signal(signal.SIGKILL)
     node_a.finish()
     out = b.run("""
+        import re
+        takeover = []
+        class Seen(logging.Handler):
+            def emit(self, record):
+                m = re.search(r"took over the checkpoint lease from (\\S+) \\(no heartbeat for ([0-9.]+)s\\)",
+                              record.getMessage())
+                if m:
+                    takeover.append([m.group(1), float(m.group(2))])
+        logging.getLogger("fractfs").addHandler(Seen())
         st = fractfs.init()
         t0 = time.monotonic()
         put("state.txt", "B")
@@ -501,10 +413,13 @@ def test_stale_lease_is_taken_over_after_sigkill(tmp_path: Path) -> None:
             time.sleep(0.05)
         final = fractfs.status()
         fractfs.shutdown()
-        out(init_writer=st["writer"], init_holder=st["lease_holder"], took=took, lease=final["lease"])
+        out(init_writer=st["writer"], init_holder=st["lease_holder"], took=took, lease=final["lease"],
+            takeover=takeover)
     """, fractfs_LEASE_TIMEOUT="1.6")
     assert out["init_writer"] is False and out["init_holder"] == ready["node"]
-    assert 1.6 - 0.6 <= out["took"] <= 1.6 + 2.0, out  # waited out the timeout, then took it
+    # taken over as stale, from the killed node, after B itself saw no heartbeat for the whole timeout
+    assert len(out["takeover"]) == 1 and out["takeover"][0][0] == ready["node"], out
+    assert out["takeover"][0][1] >= 1.6, out
     assert out["lease"]["takeovers"] == 1
     assert read_back(App(tmp_path, vol, "c"), "state.txt") == {"state.txt": "B"}
 
@@ -517,26 +432,36 @@ def test_sync_now_without_daemon_keeps_the_lease_through_a_slow_checkpoint(tmp_p
         import fractfs.stores as stores
         real = stores.open_store
         class SlowPacks:
-            # the store takes 2.5 s to accept a pack: longer than the 1 s a 2 s lease stays valid unrenewed
+            # The store accepts a pack only once the lease object on it shows three more heartbeats: the
+            # checkpoint then outlasts the 1 s a 2 s lease stays valid unrenewed (beats come every 0.5 s),
+            # and it can only go on if something renews the lease meanwhile.
             def __init__(self, inner):
                 self.inner = inner
+                self.beats_during_upload = None
             def __getattr__(self, name):
                 return getattr(self.inner, name)
+            def beat(self):
+                key = max(k for k, _ in self.inner.list("locks/"))
+                return json.loads(self.inner.get(key))["beat"]
             def put(self, key, data, **kw):
                 if key.startswith("packs/"):
-                    time.sleep(2.5)
+                    first, t0 = self.beat(), time.monotonic()
+                    while self.beat() < first + 3:
+                        assert time.monotonic() - t0 < 30, "the lease was not renewed during the checkpoint"
+                        time.sleep(0.02)
+                    self.beats_during_upload = self.beat() - first
                 return self.inner.put(key, data, **kw)
-        stores.open_store = lambda *a, **kw: SlowPacks(real(*a, **kw))
+        slow = []
+        stores.open_store = lambda *a, **kw: slow.append(SlowPacks(real(*a, **kw))) or slow[-1]
         fractfs.init(start_daemon=False)
         put("state.txt", "saved slowly")
-        t0 = time.monotonic()
         stored = fractfs.sync_now()
-        took = time.monotonic() - t0
         st = fractfs.status()
         fractfs.shutdown(final_sync=False)
-        out(stored=stored, took=took, error=st["last_error"], snap=st["last_snapshot_id"])
+        out(stored=stored, beats=slow[-1].beats_during_upload, error=st["last_error"], snap=st["last_snapshot_id"])
     """, fractfs_LEASE_TIMEOUT="2")
-    assert out["took"] >= 2.5 and out["stored"] == ["state.txt"] and out["error"] is None and out["snap"]
+    assert out["stored"] == ["state.txt"] and out["error"] is None and out["snap"], out
+    assert out["beats"] >= 3, out  # renewed while the checkpoint ran, and committed after that
     assert read_back(App(tmp_path, str(tmp_path / "vol"), "cold"), "state.txt") == {"state.txt": "saved slowly"}
 
 

@@ -21,24 +21,62 @@ from fractfs.stores import PosixStore
 SRC = Path(__file__).resolve().parent.parent / "src"
 
 CHILD = textwrap.dedent("""
-    import sys
+    import os, sys, threading, time
     from pathlib import Path
     from fractfs.stores import PosixStore
     from fractfs.snapshot import checkpoint
 
     store_dir, app, state, in_place = sys.argv[1:5]
-    store = PosixStore(store_dir)
+
+    class KillPoint(PosixStore):
+        \"\"\"Stops the process at the manifest write or at the n-th blob write of a checkpoint (the test then
+        SIGKILLs it): 'before' the write, 'after' it, or 'half': half of the bytes written under the final key,
+        which is what a kill leaves on a store that writes in place.\"\"\"
+        plan = ("none", 0, "none")
+        writes = 0
+        lock = threading.Lock()
+
+        def _hit(self, key, data, write):
+            kind, n, mode = self.plan
+            if kind == "manifest":
+                hit = key.startswith("snapshots/")
+            elif kind == "blob" and key.startswith(("packs/", "objects/")):
+                with self.lock:
+                    KillPoint.writes += 1
+                    hit = KillPoint.writes == n
+            else:
+                hit = False
+            if not hit:
+                return write()
+            if mode == "after":
+                write()
+            elif mode == "half":
+                path = Path(store_dir) / key
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data()[: max(1, len(data()) // 2)])
+            print("hold", key, flush=True)
+            time.sleep(3600)
+
+        def put(self, key, data, *, exclusive=False):
+            return self._hit(key, lambda: data, lambda: PosixStore.put(self, key, data, exclusive=exclusive))
+
+        def put_file(self, key, path):
+            return self._hit(key, lambda: Path(path).read_bytes(), lambda: PosixStore.put_file(self, key, path))
+
+    store = KillPoint(store_dir)
     if in_place == "1":
         # behave like a FUSE mount without rename/link: objects and manifests are written under their final
         # names, so a kill leaves torn files behind for the next run to cope with
         store._rename_ok = False
         store._link_ok = False
     print("ready", flush=True)
-    while True:
+    for line in sys.stdin:  # one plan per generation: "<blob|manifest|none> <n> <before|after|half|none>"
+        kind, n, mode = line.split()
+        KillPoint.plan, KillPoint.writes = (kind, int(n), mode), 0
+        print("go", flush=True)
         checkpoint(store, {"root": Path(app)}, None, state_dir=Path(state), transfers=4,
                    pack_size=64 * 1024, large_file=256 * 1024)
         print("done", flush=True)
-        sys.stdin.readline()  # wait for the next generation
 """)
 
 
@@ -62,15 +100,28 @@ def _mutate(app: Path, gen: int, rng: random.Random) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("in_place", [False, True], ids=["atomic-store", "in-place-store"])
 def test_kill9_during_checkpoint_restores_one_whole_generation(tmp_path: Path, in_place: bool) -> None:
+    """Each generation's checkpoint is SIGKILLed at a chosen write (before it, after it, or half-way through
+    it on the in-place store), at a random moment, or not at all. After each round the newest valid snapshot
+    must be exactly the generation the kill point implies: the new one once its manifest is written, else the
+    last one known committed, never an older one. Where the kill lands is decided by events (the child stops
+    at its n-th store write), not by how fast a loaded machine gets there."""
     rng = random.Random(1234 + in_place)
     app = tmp_path / "app"
     store_dir = tmp_path / "store"
     state = tmp_path / "state"
     env = dict(os.environ, PYTHONPATH=str(SRC))
     generations: list[dict[str, tuple]] = []
-    kills = 0
-    completed = 0
+    last_known: int | None = None  # the generation the newest valid snapshot is known to hold
+    kinds: dict[str, int] = {}
     proc = None
+    # every kind of kill point at least once, in a seeded order: (where, n-th blob write, how)
+    modes = ["before", "after"] + (["half"] if in_place else [])
+    schedule = [("none", "0", "none")] * 2 + [("timer", "0", "none")] * 3
+    schedule += [(where, str(rng.randint(1, 4)) if where == "blob" else "1", m)
+                 for where in ("manifest", "blob") for m in modes]
+    while len(schedule) < 12:
+        schedule.append(("blob", str(rng.randint(1, 4)), rng.choice(modes)))
+    rng.shuffle(schedule)
 
     def start() -> subprocess.Popen[str]:
         p = subprocess.Popen(
@@ -83,39 +134,56 @@ def test_kill9_during_checkpoint_restores_one_whole_generation(tmp_path: Path, i
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         return p
 
+    def kill(p: subprocess.Popen[str]) -> None:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
     try:
         for gen in range(12):
             _mutate(app, gen, rng)
             generations.append(tree(app))
-            if proc is None or proc.poll() is not None:
+            if proc is None:
                 proc = start()
-            else:
-                assert proc.stdin is not None
-                proc.stdin.write("\n")
-                proc.stdin.flush()
-            # kill at a random moment of the checkpoint (sometimes after it finished)
-            time.sleep(rng.uniform(0.0, 0.25))
-            if rng.random() < 0.8:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
+            assert proc.stdin is not None and proc.stdout is not None
+            plan = schedule[gen]
+            proc.stdin.write(" ".join(("none", "0", "none") if plan[0] == "timer" else plan) + "\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "go"
+            if plan[0] == "timer":  # at a random moment of the checkpoint (or after it)
+                time.sleep(rng.uniform(0.0, 0.25))
+                kill(proc)
                 proc = None
-                kills += 1
+                expect = {last_known, gen}  # the kill may have come before or after the manifest landed
+                kinds["timer"] = kinds.get("timer", 0) + 1
             else:
-                assert proc.stdout is not None
-                assert proc.stdout.readline().strip() == "done"
-                completed += 1
+                line = proc.stdout.readline().split()
+                if line == ["done"]:  # no kill point, or fewer writes than the one chosen
+                    expect = {gen}
+                    kinds["completed"] = kinds.get("completed", 0) + 1
+                else:
+                    assert line[0] == "hold", line
+                    kill(proc)
+                    proc = None
+                    manifest = line[1].startswith("snapshots/")
+                    expect = {gen} if manifest and plan[2] == "after" else {last_known}
+                    kind = f"{plan[0]}-{plan[2]}"
+                    kinds[kind] = kinds.get(kind, 0) + 1
 
-            # after every round: the newest valid snapshot is exactly one generation seen so far
+            # after every round: the newest valid snapshot is exactly the generation the kill point implies
             dst = tmp_path / f"restore-{gen}"
             store = PosixStore(store_dir)
             out = restore(store, {"root": dst})
             if out.snapshot_id is None:
+                assert None in expect, f"gen {gen}: no snapshot, expected generation {expect}"
                 assert not dst.exists() or tree(dst) == {}
                 continue
             assert not out.errors and not out.refused, (out.errors, out.refused)
             got = tree(dst)
-            assert got in generations, f"gen {gen}: restored tree matches no committed generation"
+            found = int(got["GENERATION"][1])
+            assert found in expect, f"gen {gen}: restored generation {found}, expected {expect} ({kinds})"
+            assert got == generations[found], f"gen {gen}: restored tree differs from generation {found}"
             assert temp_leftovers(dst) == []
+            last_known = found
             shutil.rmtree(dst)
     finally:
         if proc is not None and proc.poll() is None:
@@ -125,13 +193,16 @@ def test_kill9_during_checkpoint_restores_one_whole_generation(tmp_path: Path, i
     # let a checkpoint finish on the final tree: it must commit exactly the last generation
     proc = start()
     try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "done"
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("none 0 none\n")
+        proc.stdin.flush()
+        assert [proc.stdout.readline().strip() for _ in range(2)] == ["go", "done"]
     finally:
         proc.kill()
         proc.wait()
     store = PosixStore(store_dir)
     dst = tmp_path / "final"
-    out = restore(store, {"root": dst})
+    restore(store, {"root": dst})
     assert tree(dst) == generations[-1]
     # every snapshot that verifies is one of the generations, whole
     for info in list_snapshots(store):
@@ -141,4 +212,5 @@ def test_kill9_during_checkpoint_restores_one_whole_generation(tmp_path: Path, i
         restore(store, {"root": d}, snapshot_id=info.id)
         assert tree(d) in generations
     assert verify(store, "all").damaged_files == []
-    assert kills >= 5, "the random schedule should kill most rounds"
+    # the kill points that were reached (a blob write beyond the checkpoint's last one completes instead)
+    assert {f"manifest-{m}" for m in modes} <= set(kinds) and "blob-before" in kinds, kinds

@@ -277,6 +277,22 @@ def test_overwrite_replaces_only_differing_content(tmp_path: Path) -> None:
     assert os.readlink(dst["root"] / "l") == "same"
 
 
+def test_overwrite_also_restores_missing_files_and_replaces_links_to_identical_content(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    write(src["root"], "gone", "only in the snapshot")
+    write(src["root"], "file", "same bytes")
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    dst = _areas(tmp_path, "fresh")
+    write(dst["root"], "elsewhere!", "same bytes")
+    # a link whose own size (its target's name) and whose target's bytes both match: still not the file
+    os.symlink("elsewhere!", dst["root"] / "file")
+    out = restore(store, dst, overwrite=True)
+    assert sorted(out.restored) == ["root:file", "root:gone"], out
+    assert (dst["root"] / "gone").read_text() == "only in the snapshot"
+    assert not (dst["root"] / "file").is_symlink() and (dst["root"] / "file").read_text() == "same bytes"
+
+
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     src = _areas(tmp_path)
@@ -356,3 +372,31 @@ def test_disk_full_raises_and_leaves_no_partial_file(tmp_path: Path, small_tmpfs
     out = restore(store, {"root": small_tmpfs / "app"}, transfers=2)
     assert len(out.restored) == 6 and not out.errors
     assert all((small_tmpfs / "app" / n).read_bytes() == b for n, b in blobs.items())
+
+
+def test_objects_missing_identical_or_with_masked_mode_bits(tmp_path: Path) -> None:
+    """Files stored as objects (``large_file`` lowered so small files become objects): an object missing
+    from the store is reported by name and leaves no temporary file; an identical local copy is left alone
+    under ``overwrite``; a mode the umask would mask (0o666) is restored exactly."""
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    write(src["root"], "kept", "object one", mode=0o666)
+    write(src["root"], "lost", "object two")
+    write(src["root"], "packed", "abc", mode=0o666)  # under large_file: packed, written by the other path
+    checkpoint(store, src, everything, state_dir=tmp_path / "state", large_file=4)
+    lost = next(k for k, _ in store.list("objects/")
+                if store.get(k) == b"object two")
+    store.delete(lost)
+    dst = _areas(tmp_path, "fresh")
+    old = os.umask(0o022)
+    try:
+        out = restore(store, dst)
+    finally:
+        os.umask(old)
+    assert sorted(out.restored) == ["root:kept", "root:packed"], out
+    assert any("root:lost" in e and "missing" in e for e in out.errors), out
+    assert os.stat(dst["root"] / "kept").st_mode & 0o777 == 0o666
+    assert os.stat(dst["root"] / "packed").st_mode & 0o777 == 0o666
+    assert temp_leftovers(dst["root"]) == [] and not (dst["root"] / "lost").exists()
+    again = restore(store, dst, overwrite=True)
+    assert sorted(again.skipped_existing) == ["root:kept", "root:packed"], again

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ WRITER = textwrap.dedent("""
             con.execute("insert into t values (?, ?, ?)", (txn, i, "x" * 200))
         con.execute("commit")
         txn += 1
+        print(txn, flush=True)  # transactions committed so far
 """)
 
 
@@ -50,6 +52,10 @@ def _check_db(path: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("journal", ["wal", "delete"])
 def test_live_database_restores_with_whole_transactions(tmp_path: Path, journal: str) -> None:
+    """Checkpoints while another process commits transactions as fast as it can: every snapshot holds a
+    database that passes integrity_check with whole transactions, in order. Each checkpoint waits until the
+    writer has committed more (an event, however loaded the machine), and they go on until three of them
+    stored the database, so busy rounds (the backup could not get a consistent copy in time) only cost time."""
     store = make_store(tmp_path)
     app = tmp_path / "app"
     app.mkdir()
@@ -57,19 +63,32 @@ def test_live_database_restores_with_whole_transactions(tmp_path: Path, journal:
     proc = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(db), journal, str(ROWS)], stdout=subprocess.PIPE, text=True
     )
+    committed = [0]
+
+    def follow() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip().isdigit():
+                committed[0] = int(line)
+
+    reader = threading.Thread(target=follow, daemon=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        time.sleep(0.3)
+        reader.start()
         results = []
-        for _ in range(6):
+        while sum("root:data.db" in r.stored for r in results) < 3:
+            assert len(results) < 40, results
+            seen, deadline = committed[0], time.monotonic() + 60
+            while committed[0] == seen:
+                assert time.monotonic() < deadline, "the writer committed nothing"
+                time.sleep(0.01)
             results.append(checkpoint(store, {"root": app}, everything, state_dir=tmp_path / "state"))
-            time.sleep(0.15)
     finally:
         proc.kill()
         proc.wait()
     assert latest_paths(store) == {("root", "data.db")}  # never the -wal/-shm/-journal sidecars
-    stored = [r for r in results if "root:data.db" in r.stored]
-    assert len(stored) >= 3, results
+    for r in results:  # each round either stored the database or kept its previous version, reported busy
+        assert r.stored == ["root:data.db"] or r.skipped_busy == ["root:data.db"], r
     seen = []
     for info in list_snapshots(store):
         dst = tmp_path / f"r{info.seq}"

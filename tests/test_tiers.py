@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -144,14 +143,13 @@ GIT_PATHS = [
 ]
 
 
-@pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
-def test_matches_git_check_ignore(tmp_path: Path) -> None:
+def test_matches_git_check_ignore(tmp_path: Path, git: str) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([git, "init", "-q", str(repo)], check=True)
     (repo / ".gitignore").write_text("\n".join(GIT_PATTERNS) + "\n")
     proc = subprocess.run(
-        ["git", "-C", str(repo), "check-ignore", "--no-index", "--stdin"],
+        [git, "-C", str(repo), "check-ignore", "--no-index", "--stdin"],
         input="\n".join(GIT_PATHS) + "\n",
         capture_output=True,
         text=True,
