@@ -328,8 +328,12 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
                      f"{lease.get('heartbeat_age')}s ago, timeout {lease.get('timeout'):g}s)")
     elif not st["passthrough"] and not st["store_error"]:
         out.line("lease       none")
-    out.line(f"sync        every {st['sync_interval']:g}s ({st['sync_mode']}), content_hash "
-             f"{'on' if st['content_hash'] else 'off'}")
+    if st["sync_interval"]:
+        when = f"every {st['sync_interval']:g}s ({st['sync_mode']})"
+    else:
+        when = ("manual (sync_interval = 0: no background checkpoints; only `fractfs sync`, sync_now() and "
+                "the final one at exit)")
+    out.line(f"sync        {when}, content_hash {'on' if st['content_hash'] else 'off'}")
     app = st.get("app")
     if app:
         if app.get("alive"):
