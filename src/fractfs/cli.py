@@ -358,13 +358,7 @@ def cmd_sync(args: argparse.Namespace, out: Out) -> int:
     from .tiers import TierResolver
 
     cfg = _config(args)
-    if cfg.passthrough:
-        if out.json_mode:
-            out.json({"snapshot_id": None, "stored": [], "passthrough": True})
-        else:
-            out.line("passthrough mode (no volume_root): nothing to checkpoint")
-        return EXIT_OK
-    store = ops.open_checked_store(cfg)
+    store = ops.open_checked_store(cfg)  # passthrough: a config error (exit 2), as for every store command
     _check_lease(store, force=args.force, action="checkpoint from here")
     resolver = TierResolver(cfg)
     bundle = ops.bundle_for(cfg, resolver, store)
@@ -434,11 +428,14 @@ def cmd_restore(args: argparse.Namespace, out: Out) -> int:
     from .snapshot import catalog
 
     cfg = _config(args)
-    store = ops.open_checked_store(cfg)
-    sid = ops.resolve_snapshot(store, args.snapshot) if args.snapshot else None
     to = Path(args.to) if args.to else None
     if to is not None and to.exists() and not to.is_dir():
         raise UsageError(f"--to {to}: exists and is not a directory")
+    problem = ops.restore_target_problem(cfg, to) if to is not None else None
+    if problem is not None:
+        raise UsageError(problem)
+    store = ops.open_checked_store(cfg)
+    sid = ops.resolve_snapshot(store, args.snapshot) if args.snapshot else None
     areas = ops.restore_areas(cfg, to)
     if to is None and args.overwrite and not args.dry_run:
         _check_lease(store, force=args.force, action="overwrite files under the running app")
