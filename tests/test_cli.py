@@ -287,6 +287,21 @@ def test_sync_snapshots_and_explain(app: App) -> None:
     assert "outside the app root" in one_error_line(bad) and "state/new.txt" in bad.stdout
 
 
+def test_sync_lists_new_files_whose_content_was_already_stored(app: App) -> None:
+    """`fractfs sync` prints what sync_now() returns: new files are listed even when their bytes were stored
+    before (here those of state/counter.txt); deletions are printed separately."""
+    for name in ("copy1.txt", "copy2.txt"):
+        (app.root / "state" / name).write_text("1")
+    (app.root / "state" / "counter.txt").unlink()
+    out = app.cli("sync").stdout.splitlines()
+    assert "2 stored, 1 deleted" in out[0], out
+    assert out[1:] == ["  stored   state/copy1.txt", "  stored   state/copy2.txt", "  deleted  state/counter.txt"]
+    (app.root / "state" / "copy3.txt").write_text("1")
+    doc = app.cli_json("sync")
+    assert doc["stored"] == ["state/copy3.txt"] and doc["deleted"] == []
+    assert doc["uploaded_bytes"] < 2000  # the new manifest only: the bytes were already stored
+
+
 def test_restore_default_overwrite_dry_run_and_point_in_time(app: App) -> None:
     first = app.cli_json("snapshots")[0]["short"]
     (app.root / "state" / "counter.txt").write_text("2")
