@@ -218,6 +218,9 @@ def test_status_human_and_json(app: App) -> None:
     assert f"store       {app.volume}/_checkpoint" in out
     assert "data/blobs -> " in out and "(linked)" in out
     assert "manifest.json, *.sqlite" in out and "last        1-" in out
+    assert "sync        every 3600s (watch)" in out
+    manual = app.cli("status", env={**app.env, "fractfs_SYNC_INTERVAL": "0"}).stdout
+    assert "sync        manual (sync_interval = 0: no background checkpoints" in manual
 
     st = app.cli_json("status")
     assert st["root"] == str(app.root) and st["backend"] == "local"
