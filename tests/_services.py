@@ -227,7 +227,7 @@ class SeaweedServer:
     # -- clients ---------------------------------------------------------------------------------
     @property
     def env(self) -> dict[str, str]:
-        """Variables that point boto3/s3fs/rclone-less clients at this server."""
+        """Variables that point botocore/s3fs/rclone-less clients at this server."""
         return {
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
@@ -237,10 +237,12 @@ class SeaweedServer:
 
     def client(self) -> Any:
         if self._client is None:
-            import boto3  # dev dependency; imported late so collecting tests stays fast
+            # botocore (via s3fs's aiobotocore) rather than boto3, whose own botocore pin fights aiobotocore's
+            # in pip's resolver; imported late so collecting tests stays fast
+            import botocore.session
 
             e = self.env
-            self._client = boto3.client(
+            self._client = botocore.session.get_session().create_client(
                 "s3",
                 endpoint_url=self.endpoint,
                 region_name=e["AWS_DEFAULT_REGION"],

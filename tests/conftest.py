@@ -76,7 +76,7 @@ class Seaweed:
         self.server.delete_bucket(name)
 
     def client(self) -> Any:
-        """A boto3 S3 client for this server (for tests that inspect the bucket directly)."""
+        """A botocore S3 client for this server (for tests that inspect the bucket directly)."""
         return self.server.client()
 
 

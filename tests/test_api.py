@@ -172,6 +172,39 @@ def test_shutdown_runs_final_checkpoint(tmp_path: Path, volume: Path) -> None:
     ]
 
 
+def test_sync_now_lists_every_file_with_new_content(tmp_path: Path, volume: Path) -> None:
+    """sync_now() returns each path the snapshot holds new content for, uploaded now or already stored (three
+    new files with an existing file's bytes, one of them pinned in scratch, are all listed and the bytes are
+    stored once); deletions and a change of mtime alone are not listed."""
+    node = Node(tmp_path, volume)
+    out = node.run("""
+        fractfs.init(start_daemon=False)
+        os.makedirs("state", exist_ok=True)
+        for name, text in [("orig.txt", "shared bytes"), ("edit.txt", "v1"), ("touch.txt", "t"), ("gone.txt", "g")]:
+            open("state/" + name, "w").write(text)
+        first = fractfs.sync_now()
+        open("state/copy1.txt", "w").write("shared bytes")
+        open("state/copy2.txt", "w").write("shared bytes")
+        open("data/blobs/manifest.json", "w").write("shared bytes")  # a pinned [local] file in scratch
+        open("state/edit.txt", "w").write("v2")
+        open("state/empty.txt", "w").close()
+        os.utime("state/touch.txt", (1_700_000_000, 1_700_000_000))
+        os.remove("state/gone.txt")
+        second = fractfs.sync_now()
+        third = fractfs.sync_now()
+        fractfs.shutdown(final_sync=False)
+        # a Volume that refuses symlinks cannot pin it: then it lives on the Volume and is not checkpointed
+        pinned = os.path.exists(os.path.join(os.environ["fractfs_SCRATCH"], "data/blobs/manifest.json"))
+        print(json.dumps({"first": first, "second": second, "third": third, "pinned": pinned}))
+    """)
+    assert sorted(out["first"]) == ["state/edit.txt", "state/gone.txt", "state/orig.txt", "state/touch.txt"]
+    assert sorted(out["second"]) == ["data/blobs/manifest.json"] * out["pinned"] + [
+        "state/copy1.txt", "state/copy2.txt", "state/edit.txt", "state/empty.txt"]
+    assert out["third"] == []
+    packs = volume / "_checkpoint" / "packs"  # plain concatenations of file contents (docs/format.md)
+    assert b"".join(p.read_bytes() for p in packs.rglob("*") if p.is_file()).count(b"shared bytes") == 1
+
+
 def test_clobber_guard_and_force_migration(tmp_path: Path, volume: Path) -> None:
     node = Node(tmp_path, volume)
     blobs = node.root / "data" / "blobs"

@@ -219,11 +219,22 @@ def test_config_errors_exit_2_naming_file_and_key(tmp_path: Path) -> None:
 
 
 def test_passthrough_without_a_volume(tmp_path: Path) -> None:
+    """No volume_root is a configuration, not a store failure: the commands that describe it work, and every
+    command that needs the store exits 2 with the same one line naming the setting."""
     (tmp_path / ".fractfs.toml").write_text(CONFIG)
     env = _clean_env()
     assert "passthrough" in run_cli("status", env=env, cwd=tmp_path).stdout
-    assert "nothing to checkpoint" in run_cli("sync", env=env, cwd=tmp_path).stdout
-    assert "no volume configured" in one_error_line(run_cli("snapshots", env=env, cwd=tmp_path, expect=1))
+    assert "passthrough" in run_cli("explain", "state/x", env=env, cwd=tmp_path).stdout
+    assert "passthrough" in run_cli("doctor", env=env, cwd=tmp_path).stdout
+    side = tmp_path.parent / f"{tmp_path.name}-side"
+    needs_store = [["sync"], ["snapshots"], ["snapshots", "--json"], ["restore"], ["restore", "--to", str(side)],
+                   ["verify"], ["prune"]]
+    for argv, proc in zip(needs_store, run_many(needs_store, env=env, cwd=tmp_path)):
+        assert proc.returncode == 2 and proc.stdout == "", (argv, proc.returncode, proc.stdout, proc.stderr)
+        line = one_error_line(proc)
+        assert "no volume configured (passthrough mode)" in line and "volume_root" in line, (argv, line)
+        assert str(tmp_path / ".fractfs.toml") in line and "fractfs_VOLUME_ROOT" in line, (argv, line)
+    assert not side.exists()
 
 
 # -- a directory Volume --------------------------------------------------------------------------------
@@ -234,6 +245,9 @@ def test_status_human_and_json(app: App) -> None:
     assert f"store       {app.volume}/_checkpoint" in out
     assert "data/blobs -> " in out and "(linked)" in out
     assert "manifest.json, *.sqlite" in out and "last        1-" in out
+    assert "sync        every 3600s (watch)" in out
+    manual = app.cli("status", env={**app.env, "fractfs_SYNC_INTERVAL": "0"}).stdout
+    assert "sync        manual (sync_interval = 0: no background checkpoints" in manual
 
     st = app.cli_json("status")
     assert st["root"] == str(app.root) and st["backend"] == "local"
@@ -303,6 +317,21 @@ def test_sync_snapshots_and_explain(app: App) -> None:
     assert "outside the app root" in one_error_line(bad) and "state/new.txt" in bad.stdout
 
 
+def test_sync_lists_new_files_whose_content_was_already_stored(app: App) -> None:
+    """`fractfs sync` prints what sync_now() returns: new files are listed even when their bytes were stored
+    before (here those of state/counter.txt); deletions are printed separately."""
+    for name in ("copy1.txt", "copy2.txt"):
+        (app.root / "state" / name).write_text("1")
+    (app.root / "state" / "counter.txt").unlink()
+    out = app.cli("sync").stdout.splitlines()
+    assert "2 stored, 1 deleted" in out[0], out
+    assert out[1:] == ["  stored   state/copy1.txt", "  stored   state/copy2.txt", "  deleted  state/counter.txt"]
+    (app.root / "state" / "copy3.txt").write_text("1")
+    doc = app.cli_json("sync")
+    assert doc["stored"] == ["state/copy3.txt"] and doc["deleted"] == []
+    assert doc["uploaded_bytes"] < 2000  # the new manifest only: the bytes were already stored
+
+
 def test_restore_default_overwrite_dry_run_and_point_in_time(app: App) -> None:
     first = app.cli_json("snapshots")[0]["short"]
     (app.root / "state" / "counter.txt").write_text("2")
@@ -343,6 +372,36 @@ def test_restore_default_overwrite_dry_run_and_point_in_time(app: App) -> None:
 
     line = one_error_line(app.cli("restore", "--snapshot", "99", expect=2))
     assert "snapshot '99' not found" in line
+
+
+def test_restore_to_refuses_the_apps_own_places(app: App) -> None:
+    """--to inside the app root (directly, relative, or through a symlink that resolves into it), scratch or
+    a [dirs] directory would let the next checkpoint store the restored copy as app data: exit 2, say why,
+    write nothing."""
+    (app.base / "elsewhere").symlink_to(app.root / "state")
+    before = sorted(str(p) for p in app.base.rglob("*"))
+    targets = [
+        (str(app.root / "restored"), "the app root"),
+        (str(app.root), "the app root"),
+        ("restored-here", "the app root"),  # relative to the current directory, the app root
+        (str(app.base / "elsewhere" / "copy"), "the app root"),  # a symlink into the root
+        (str(app.scratch / "copy"), "the scratch directory"),
+        (str(app.scratch / ".fractfs-state"), "the scratch directory"),
+        (str(app.root / "data" / "blobs" / "copy"), "the app root"),  # through the [dirs] link
+        (str(Path(app.volume) / "data" / "blobs" / "copy"), "the [dirs] directory 'data/blobs' on the Volume"),
+        (str(Path(app.volume) / "_checkpoint" / "copy"), "the checkpoint area"),
+    ]
+    procs = run_many([["restore", "--to", t] for t, _ in targets], env=app.env, cwd=app.root)
+    for (target, where), proc in zip(targets, procs):
+        assert proc.returncode == 2, (target, proc.returncode, proc.stdout, proc.stderr)
+        line = one_error_line(proc)
+        assert f"--to {target} is inside {where}" in line, line
+        assert "the next checkpoint would store the restored copy" in line or "Volume" in line \
+            or "checkpoint area" in line, line
+    assert sorted(str(p) for p in app.base.rglob("*")) == before
+    # next to the app (not in it) is fine
+    app.cli("restore", "--to", str(app.base / "copy"))
+    assert (app.base / "copy" / "state" / "counter.txt").read_text() == "1"
 
 
 def test_verify_reports_damage_with_exit_1(app: App) -> None:

@@ -171,6 +171,28 @@ def test_invalid_utf8(app: Path) -> None:
         load_config(app, env={})
 
 
+def test_byte_order_mark_is_read(app: Path) -> None:
+    # Windows editors save UTF-8 with a BOM; tomllib alone calls it "Invalid statement (at line 1, column 1)"
+    (app / ".fractfs.toml").write_bytes(b"\xef\xbb\xbfsync_interval = 3\n[dirs]\npaths = [\"d\xc3\xa9j\xc3\xa0\"]\n")
+    cfg = load_config(app, env={})
+    assert cfg.sync_interval == 3.0 and cfg.dirs == ("d\u00e9j\u00e0",) and cfg.warnings == ()
+    # a bad byte after the mark is still reported at its offset in the file
+    (app / ".fractfs.toml").write_bytes(b"\xef\xbb\xbfsync_interval = 3\n# \xff\n")
+    with pytest.raises(ConfigError, match="not valid UTF-8 at byte 23"):
+        load_config(app, env={})
+
+
+@pytest.mark.parametrize("source", ["toml", "fractfs_", "FRACTFS_"])
+def test_sync_interval_zero_means_no_background_checkpoints(app: Path, source: str) -> None:
+    # fractfs 0.1.0 read 0 as "no periodic checkpoint"; its deployments must keep starting
+    write(app, "sync_interval = 0\n" if source == "toml" else "sync_interval = 60\n")
+    env = {} if source == "toml" else {source + "SYNC_INTERVAL": "0"}
+    cfg = load_config(app, env=env)
+    assert cfg.sync_interval == 0.0 and cfg.summary()["sync_interval"] == 0.0
+    with pytest.raises(ConfigError, match=r"SYNC_INTERVAL = -0\.5: must be a positive number of seconds, or 0"):
+        load_config(app, env={"fractfs_SYNC_INTERVAL": "-0.5"})
+
+
 BAD_ENV = [
     ({"fractfs_SYNC_INTERVAL": "abc"}, r"environment variable fractfs_SYNC_INTERVAL = 'abc'"),
     ({"FRACTFS_CONTENT_HASH": "2"}, r"FRACTFS_CONTENT_HASH = '2': expected true or false"),

@@ -116,6 +116,41 @@ def test_exit_without_shutdown_runs_final_checkpoint(tmp_path: Path) -> None:
         "worker.txt": "written by a thread after the main thread returned"}
 
 
+def test_sync_interval_zero_checkpoints_only_when_asked_and_at_the_end(tmp_path: Path) -> None:
+    """fractfs_SYNC_INTERVAL=0, as fractfs 0.1.0 read it: no periodic checkpoint, and in watch mode no
+    change-driven one either (no sync or watch thread runs); sync_now() and the final checkpoint at SIGTERM
+    still save."""
+    app = App(tmp_path, str(tmp_path / "vol"))
+    child = app.spawn("""
+        import threading
+        st = fractfs.init()
+        put("state.txt", "saved by sync_now")
+        stored = fractfs.sync_now()
+        put("state.txt", "saved by the final checkpoint")
+        out(event="ready", stored=stored, interval=st["sync_interval"], mode=st["sync_mode"],
+            configured=st["sync_mode_configured"], daemon=st["daemon_running"], watch=st["watch"],
+            threads=sorted(t.name for t in threading.enumerate()))
+        time.sleep(60)
+    """, fractfs_SYNC_INTERVAL="0", fractfs_SYNC_MODE="watch", fractfs_GRACE="4")
+    ready = child.expect("event", "ready")
+    assert ready["stored"] == ["state.txt"] and ready["interval"] == 0
+    assert (ready["mode"], ready["configured"], ready["daemon"], ready["watch"]) == ("manual", "watch", False, None)
+    assert not {"fractfs-sync", "fractfs-watch"} & set(ready["threads"]), ready["threads"]
+    assert "fractfs-lease" in ready["threads"]  # the lease is still held and renewed for the final checkpoint
+    assert len(node_of(app)) == 1
+    child.signal(signal.SIGTERM)
+    assert child.finish() == -signal.SIGTERM, child.stderr()
+    assert len(node_of(app)) == 2
+    assert read_back(app, "state.txt") == {"state.txt": "saved by the final checkpoint"}
+    # a script that just ends: the exit hook runs the final checkpoint too
+    app.run("""
+        fractfs.init()
+        put("state.txt", "saved at exit")
+        out(done=True)
+    """, fractfs_SYNC_INTERVAL="0")
+    assert read_back(app, "state.txt") == {"state.txt": "saved at exit"}
+
+
 SLOW_STORE = """
     from fractfs.stores.posix import PosixStore
     _put = PosixStore.put

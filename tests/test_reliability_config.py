@@ -57,7 +57,9 @@ CASES: list[Case] = [
     ("interval-nan", "sync_interval = nan\n", {}, r"sync_interval = nan: expected a finite", TOML, None),
     ("interval-inf", "sync_interval = inf\n", {}, r"sync_interval = inf: expected a finite", TOML, None),
     ("interval-negative", "sync_interval = -1\n", {}, r"sync_interval = -1: must be a positive", TOML, None),
-    ("interval-zero", "sync_interval = 0\n", {}, r"sync_interval = 0: must be a positive", TOML, None),
+    # 0 is accepted (no background checkpoints, as in 0.1.0): the refusal starts just below it
+    ("interval-just-below-zero", "sync_interval = -0.001\n", {}, r"sync_interval = -0.001: must be a positive",
+     TOML, None),
     ("interval-huge", "sync_interval = 1e300\n", {}, r"sync_interval = 1e\+300: at most", TOML, None),
     ("grace-huge", "grace = 99999999999\n", {}, r"grace = 99999999999: at most", TOML, None),
     ("grace-neg-inf", "grace = -inf\n", {}, r"grace = -inf: expected a finite", TOML, None),

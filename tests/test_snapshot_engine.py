@@ -145,8 +145,8 @@ def test_identical_content_is_stored_once(tmp_path: Path) -> None:
     for i in range(5):
         write(src["root"], f"copy{i}", blob)
     res = checkpoint(store, src, everything, state_dir=tmp_path / "state")
-    assert len(res.stored) == 1
-    assert sum(s for _, s in store.list("packs/")) == len(blob)
+    assert res.stored == [f"root:copy{i}" for i in range(5)]  # every new file is listed ...
+    assert sum(s for _, s in store.list("packs/")) == len(blob)  # ... and the bytes are stored once
     dst = _areas(tmp_path, "fresh")
     restore(store, dst)
     assert all((dst["root"] / f"copy{i}").read_bytes() == blob for i in range(5))

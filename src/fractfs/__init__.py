@@ -62,7 +62,13 @@ def init(root: Optional[_PathLike] = None, *, force: bool = False, start_daemon:
 
 
 def sync_now() -> list[str]:
-    """Checkpoint now; returns the app-relative paths whose content was stored (empty in passthrough)."""
+    """Checkpoint now; returns the app-relative paths of the files this snapshot holds new content for.
+
+    That is every file that is new or whose bytes changed since the previous snapshot, whether they were
+    uploaded now or were already in the store (identical content is stored once). Deleted files, directories,
+    symlinks and changes of mtime or mode alone are not listed. Empty in passthrough mode, when nothing changed
+    and when another node holds the checkpoint lease.
+    """
     with _lock:
         rt = _runtime
     if rt is None:

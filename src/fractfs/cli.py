@@ -328,8 +328,12 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
                      f"{lease.get('heartbeat_age')}s ago, timeout {lease.get('timeout'):g}s)")
     elif not st["passthrough"] and not st["store_error"]:
         out.line("lease       none")
-    out.line(f"sync        every {st['sync_interval']:g}s ({st['sync_mode']}), content_hash "
-             f"{'on' if st['content_hash'] else 'off'}")
+    if st["sync_interval"]:
+        when = f"every {st['sync_interval']:g}s ({st['sync_mode']})"
+    else:
+        when = ("manual (sync_interval = 0: no background checkpoints; only `fractfs sync`, sync_now() and "
+                "the final one at exit)")
+    out.line(f"sync        {when}, content_hash {'on' if st['content_hash'] else 'off'}")
     app = st.get("app")
     if app:
         if app.get("alive"):
@@ -354,13 +358,7 @@ def cmd_sync(args: argparse.Namespace, out: Out) -> int:
     from .tiers import TierResolver
 
     cfg = _config(args)
-    if cfg.passthrough:
-        if out.json_mode:
-            out.json({"snapshot_id": None, "stored": [], "passthrough": True})
-        else:
-            out.line("passthrough mode (no volume_root): nothing to checkpoint")
-        return EXIT_OK
-    store = ops.open_checked_store(cfg)
+    store = ops.open_checked_store(cfg)  # passthrough: a config error (exit 2), as for every store command
     _check_lease(store, force=args.force, action="checkpoint from here")
     resolver = TierResolver(cfg)
     bundle = ops.bundle_for(cfg, resolver, store)
@@ -430,11 +428,14 @@ def cmd_restore(args: argparse.Namespace, out: Out) -> int:
     from .snapshot import catalog
 
     cfg = _config(args)
-    store = ops.open_checked_store(cfg)
-    sid = ops.resolve_snapshot(store, args.snapshot) if args.snapshot else None
     to = Path(args.to) if args.to else None
     if to is not None and to.exists() and not to.is_dir():
         raise UsageError(f"--to {to}: exists and is not a directory")
+    problem = ops.restore_target_problem(cfg, to) if to is not None else None
+    if problem is not None:
+        raise UsageError(problem)
+    store = ops.open_checked_store(cfg)
+    sid = ops.resolve_snapshot(store, args.snapshot) if args.snapshot else None
     areas = ops.restore_areas(cfg, to)
     if to is None and args.overwrite and not args.dry_run:
         _check_lease(store, force=args.force, action="overwrite files under the running app")

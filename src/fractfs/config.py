@@ -5,6 +5,7 @@ changes: provisioning only ever sees a Config that passed :func:`load_config`.
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import logging
@@ -39,6 +40,8 @@ class Config:
     backend: str                     #: canonical: volumes | local | s3 | databricks
     volume_root: Optional[str]       #: POSIX path or URL of the durable store; None → passthrough
     dirs_root: Optional[Path]        #: POSIX directory [dirs] symlinks point into (== volume_root on mounts)
+    #: seconds between background checkpoints; 0 = none at all (no timer, no watch): only sync_now(),
+    #: `fractfs sync` and the final checkpoint at SIGTERM/exit, as fractfs 0.1.0 read 0
     sync_interval: float = 300.0
     scratch: Path = Path("/tmp/fractfs")
     checkpoint_subdir: str = "_checkpoint"
@@ -229,12 +232,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    # Windows editors save UTF-8 with a byte-order mark, which the TOML parser would call an invalid statement
+    skip = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = raw.decode("utf-8")
+        text = raw[skip:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not valid UTF-8 at byte {exc.start}; save the file as UTF-8") from None
+        raise ConfigError(f"{path}: not valid UTF-8 at byte {skip + exc.start}; save the file as UTF-8") from None
     try:
-        return tomllib.loads(text)
+        data: dict[str, Any] = tomllib.loads(text)  # tomli (Python < 3.11) is untyped
+        return data
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
 
@@ -421,8 +427,9 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
 
     # -- numbers and enums
     sync_interval = float(values.get("sync_interval", 300.0))  # type: ignore[arg-type]
-    if sync_interval <= 0:
-        raise ConfigError(f"{where('sync_interval')} = {sync_interval:g}: must be a positive number of seconds")
+    if sync_interval < 0:
+        raise ConfigError(f"{where('sync_interval')} = {sync_interval:g}: must be a positive number of seconds, "
+                          "or 0 for no background checkpoints")
     grace = float(values.get("grace", 8.0))  # type: ignore[arg-type]
     if grace <= 0:
         raise ConfigError(f"{where('grace')} = {grace:g}: must be a positive number of seconds")

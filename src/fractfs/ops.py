@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from .config import CONFIG_FILENAME, Config
-from .errors import CorruptCheckpointError, FractfsError, StoreError, StoreNotFound
+from .config import CONFIG_FILENAME, Config, _inside, _real
+from .errors import ConfigError, CorruptCheckpointError, FractfsError, StoreError, StoreNotFound
 from .provision import Capabilities, Pin, plan_pins, probe_volume
 from .runtime import STATUS_FILE, iso_utc
 from .selection import Selection, areas_for, detect_bundle, load_bundle
@@ -54,8 +54,10 @@ def open_checked_store(config: Config) -> Store:
     would look like "no snapshots yet" and a sync would put "durable" data on ephemeral disk. Checked here.
     """
     if config.passthrough or config.checkpoint_location is None:
-        raise FractfsError("no volume configured (passthrough mode): set volume_root in .fractfs.toml or "
-                           "fractfs_VOLUME_ROOT")
+        # a configuration matter (exit 2 in the CLI), not a store failure: there is no store to ask
+        toml = config.config_file or config.root / CONFIG_FILENAME
+        raise ConfigError(f"no volume configured (passthrough mode): there is no checkpoint store; set "
+                          f"volume_root in {toml} or fractfs_VOLUME_ROOT")
     if config.is_posix_store and config.volume_root is not None:
         vol = Path(config.volume_root)
         if not vol.is_dir():
@@ -914,6 +916,30 @@ def identical_on_disk(store: Store, snapshot_id: str, labels: Sequence[str], are
         if h.hexdigest() == e.sha256:
             same.add(e.label)
     return same
+
+
+def restore_target_problem(config: Config, to: Path) -> Optional[str]:
+    """Why ``restore --to`` must not write into ``to`` (None when it may).
+
+    A copy restored where the app's own files live would be read back by the next checkpoint as app data:
+    inside the app root (also through a symlink that resolves into it), the scratch directory (pinned files
+    and fractfs' state), a [dirs] directory on the Volume, or the checkpoint area itself.
+    """
+    lexical = Path(os.path.abspath(to))
+    as_app_data = "the next checkpoint would store the restored copy as the app's own data"
+    places = [(config.root, f"the app root {config.root}", as_app_data),
+              (config.scratch, f"the scratch directory {config.scratch} (pinned files and fractfs' state)",
+               as_app_data)]
+    if config.dirs_root is not None:
+        places += [(config.dirs_root / d, f"the [dirs] directory {d!r} on the Volume ({config.dirs_root / d})",
+                    "the app would find the restored copy among its own files") for d in config.dirs]
+    if config.is_posix_store and config.checkpoint_location is not None:
+        places.append((Path(config.checkpoint_location), f"the checkpoint area {config.checkpoint_location}",
+                       "the restored files would be mixed into the checkpoint store"))
+    for base, what, why in places:
+        if any(_inside(t, b) for t in (lexical, _real(lexical)) for b in (base, _real(base))):
+            return f"--to {to} is inside {what}: {why}. Restore into a directory outside it"
+    return None
 
 
 def restore_areas(config: Config, to: Optional[Path]) -> dict[str, Path]:

@@ -43,6 +43,8 @@ STATUS_FILE = "status.json"
 MIN_FINAL = 0.3
 #: A checkpoint held back (see Runtime._run_checkpoint) is retried this soon.
 RETRY_SOON = 1.0
+#: status()["sync_mode"] with sync_interval = 0: checkpoints only when asked, and the final one.
+MANUAL = "manual"
 
 
 class CheckpointAborted(FractfsError):
@@ -188,7 +190,9 @@ class Runtime:
         self.daemon: Optional[SyncDaemon] = None
         self.lease: Optional[Lease] = None
         self.watcher: Any = None  # fractfs.watch.TreeWatcher in watch mode
-        self.sync_mode = config.sync_mode  # effective mode (watch falls back to interval where unavailable)
+        # effective mode: watch falls back to interval where unavailable; MANUAL when sync_interval is 0
+        self.sync_mode = config.sync_mode
+        self._final_at_exit = False  # start_daemon: the exit hook runs a final checkpoint
         self.lock = threading.Lock()  # one checkpoint at a time
         self._lock_owner: Optional[int] = None
         self._guards: set[_GuardedStore] = set()
@@ -276,10 +280,18 @@ class Runtime:
             self._release_quietly()  # init failed: don't leave others waiting for our heartbeat to stop
             raise
         if start_daemon:
-            self.daemon = SyncDaemon(self._daemon_tick, cfg.sync_interval)
-            self.daemon.start()
-            if self.sync_mode == "watch":
-                self._start_watch()
+            self._final_at_exit = True
+            if cfg.sync_interval > 0:
+                self.daemon = SyncDaemon(self._daemon_tick, cfg.sync_interval)
+                self.daemon.start()
+                if self.sync_mode == "watch":
+                    self._start_watch()
+            else:
+                # 0 asks for no background checkpoints at all: neither the timer nor the watcher's
+                # change-driven ones. The lease heartbeat and the final checkpoint at SIGTERM/exit stay.
+                self.sync_mode = MANUAL
+                log.info("fractfs: sync_interval = 0 (%s): no background checkpoints; only sync_now(), "
+                         "`fractfs sync` and the final checkpoint at exit", cfg.sources.get("sync_interval"))
             self._lease_thread = threading.Thread(target=self._lease_loop, args=(self._lease_stop,),
                                                   name="fractfs-lease", daemon=True)
             self._lease_thread.start()
@@ -765,7 +777,7 @@ class Runtime:
             return
         _join_app_threads()
         # without the daemon (start_daemon=False) the app checkpoints by hand; exit only gives the lease back
-        self.shutdown(final_sync=self.daemon is not None, anchor=self._signal_time)
+        self.shutdown(final_sync=self._final_at_exit, anchor=self._signal_time)
 
     def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         prev = self._prev_handlers.get(signum, signal.SIG_DFL)
@@ -820,7 +832,8 @@ class Runtime:
         return {
             "initialized": True,
             **cfg.summary(),
-            "sync_mode": self.sync_mode,  # the mode in use (watch falls back to interval without inotify)
+            # the mode in use: watch falls back to interval without inotify; "manual" when sync_interval is 0
+            "sync_mode": self.sync_mode,
             "sync_mode_configured": cfg.sync_mode,
             "daemon_running": bool(self.daemon and self.daemon.running),
             "sync_running": self.lock.locked(),

@@ -77,6 +77,9 @@ class CheckpointResult:
     """
 
     snapshot_id: str | None = None
+    #: Files that are new in the snapshot or hold other content than in the one before it, whether their bytes
+    #: were uploaded now or were already stored (identical content is stored once). Deletions are in
+    #: ``deleted``; a change of mtime or mode alone, directories and symlinks are not listed.
     stored: list[str] = field(default_factory=list)
     files: int = 0
     bytes: int = 0
@@ -663,7 +666,6 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
                         _streamer(store, object_key(cap.sha), cap), cap.size))
                     uploaded += cap.size
                 pending[cap.sha] = loc
-                result.stored.append(label)
             elif cap.temp and cap.upload_path:
                 unlink_if_present(cap.upload_path)
             new_locs[key] = (cap, loc)
@@ -683,8 +685,6 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
             label = f"{key[0]}:{key[1]}"
             log.info("fractfs: %s changed while being uploaded; left for the next checkpoint", label)
             result.skipped_busy.append(label)
-            if label in result.stored:
-                result.stored.remove(label)
             carry(key)
             digest_ok = False
             continue
@@ -712,6 +712,15 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
             carry(key)
             kept.append(was)
     result.kept_unrestored = [e.label for e in kept]
+
+    # What the checkpoint reports as stored: every file that is new or holds other content than in the base,
+    # whether its bytes went up now or were already there (same content is stored once). Only changed-looking
+    # files can differ, unless the base is not the snapshot the stat cache describes.
+    order = [(a, r) for a, r, _rec in dirty]
+    if not synced:
+        seen = set(order)
+        order += sorted(k for k in new if k not in seen)
+    result.stored = [f"{a}:{r}" for a, r in order if _new_content(base.get((a, r)), new.get((a, r)))]
 
     # -- commit ----------------------------------------------------------------------------------------------
     result.deleted = sorted(f"{a}:{r}" for (a, r) in base if (a, r) not in new)
@@ -790,6 +799,12 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
     else:
         log.debug("fractfs: checkpoint: no change to commit (%.3fs)", result.duration)
     return result
+
+
+def _new_content(was: Entry | None, now: Entry | None) -> bool:
+    """``now`` is a file that ``was`` did not hold: new, or other bytes (a metadata-only change is not)."""
+    return (now is not None and now.type == FILE
+            and (was is None or was.type != FILE or was.sha256 != now.sha256))
 
 
 #: A restore temp file this old (by ctime, which utime cannot move) was left by a restore that died.
