@@ -36,6 +36,13 @@ log = logging.getLogger("fractfs")
 PREFIX = "locks/"
 _NAME = "lease."
 _DIGITS = 12
+#: The highest generation a 12-digit name can hold. Reaching it honestly takes 10**12 acquisitions, so a lease at
+#: the top is a forged or corrupt object; _successor() steps around it instead of failing (docs/security.md).
+MAX_GENERATION = 10**_DIGITS - 1
+#: The longest heartbeat timeout a one-shot reader (``fractfs status``) believes from a lease record. The record
+#: is written by whoever can write the Volume: a forged ``"timeout": 1e30`` must not make its holder look live
+#: for ever. A live holder beats every ``timeout / 4``, so this only misjudges timeouts of over 4 hours.
+MAX_RECORD_TIMEOUT = 3600.0
 FORMAT = "fractfs-lease"
 VERSION = 1
 #: A lease whose writer timestamp is older than timeout + this is taken over without waiting to watch it.
@@ -56,9 +63,47 @@ def parse_generation(key: str) -> Optional[int]:
     if not key.startswith(PREFIX + _NAME):
         return None
     tail = key[len(PREFIX + _NAME):]
-    if len(tail) != _DIGITS or not tail.isdigit():
+    # exactly 12 ASCII digits: str.isdigit() alone would also accept other scripts' digits ("٣"), and a
+    # longer name could hold a number no successor can be written for
+    if len(tail) != _DIGITS or not tail.isascii() or not tail.isdigit():
         return None
     return int(tail)
+
+
+def _successor(gens: list[int]) -> tuple[int, Optional[int]]:
+    """The generation a taker creates after the sorted ``gens``, and a generation to delete first (or None).
+
+    Normally ``top + 1``. When the top is MAX_GENERATION no larger name exists; that object is forged (see
+    MAX_GENERATION) and, since the caller only gets here once it is stale or released, nobody renews it: it is
+    deleted and the successor is counted from the generations below it. Of several nodes doing this at once,
+    the exclusive create of that successor still admits exactly one.
+    """
+    top = gens[-1]
+    if top < MAX_GENERATION:
+        return top + 1, None
+    rest = [g for g in gens if g < MAX_GENERATION]
+    return (rest[-1] + 1 if rest else 1), top
+
+
+def heartbeat_state(rec: LeaseRecord, now: float, skew: float) -> tuple[str, float]:
+    """A one-shot reader's verdict on ``rec`` by its writer's clock: (live|uncertain|stale|free, age).
+
+    The record's own ``timeout`` is capped at MAX_RECORD_TIMEOUT, and a heartbeat dated more than ``skew`` in
+    the future is stale: a clock that wrong is outside what the lease tolerates anyway, and a forged record
+    could otherwise stay "live" for ever. (Nodes themselves never trust these times: they watch the bytes
+    change, so a forged record delays a takeover by one lease timeout at most.)
+    """
+    age = now - rec.time
+    timeout = min(max(rec.timeout, 0.0), MAX_RECORD_TIMEOUT) if rec.timeout == rec.timeout else 0.0
+    if rec.released:
+        return "free", age
+    if not (age == age) or age < -skew:  # NaN or from the future
+        return "stale", age
+    if age <= timeout:
+        return "live", age
+    if age <= timeout + skew:
+        return "uncertain", age
+    return "stale", age
 
 
 @dataclass
@@ -127,6 +172,7 @@ class Lease:
         self.last_error: Optional[str] = None
         self.last_error_time: Optional[float] = None
         self.takeovers = 0  # how many times this node took a stale lease
+        self._warned: set[str] = set()  # foreign names under locks/ already logged
 
     # -- the local view --------------------------------------------------------------------------------
     @property
@@ -161,7 +207,10 @@ class Lease:
             elif self.held:
                 state = "unconfirmed"  # ours, but the last renewal is too old to commit on
             elif rec is not None and not rec.released:
-                state = "standby"
+                # the holder's bytes unchanged for a timeout: the next tick takes it over (a forged record
+                # never beats, so it is called stale here, not live, after one timeout)
+                age = self.observed_age()
+                state = "stale" if age is not None and age >= self.timeout else "standby"
             elif rec is not None and rec.released:
                 state = "free"
             else:
@@ -188,6 +237,10 @@ class Lease:
             g = parse_generation(key)
             if g is not None:
                 gens.append(g)
+            elif key.startswith(PREFIX + _NAME) and key not in self._warned:
+                self._warned.add(key)
+                log.warning("fractfs: ignoring %s: not a lease generation (12 decimal digits); fractfs never "
+                            "writes such a name, so someone else did", key)
         return sorted(gens)
 
     def _record_error(self, exc: BaseException) -> None:
@@ -266,8 +319,9 @@ class Lease:
             self._seen_since = now
         self.holder = rec
         self.holder_key = lease_key(top)
+        nxt, forged = _successor(gens)
         if rec is not None and rec.released:
-            self._create(top + 1, None)
+            self._take(nxt, forged, None)
             return
         unchanged_for = now - self._seen_since
         ancient = rec is not None and self._wall() - rec.time > self.timeout + MAX_CLOCK_SKEW
@@ -275,7 +329,17 @@ class Lease:
             who = rec.node if rec is not None else "an unreadable lease"
             why = (f"its heartbeat is {self._wall() - rec.time:.0f}s old by its own clock" if ancient and rec
                    else f"no heartbeat for {unchanged_for:.1f}s")
-            self._create(top + 1, f"{who} ({why})")
+            self._take(nxt, forged, f"{who} ({why})")
+
+    def _take(self, generation: int, forged: Optional[int], stale_from: Optional[str]) -> None:
+        if forged is not None:
+            log.warning("fractfs: %s holds the highest generation a lease name can carry, which no fractfs "
+                        "reaches; removing it (stale) and taking generation %d", lease_key(forged), generation)
+            try:
+                self.store.delete(lease_key(forged))
+            except StoreNotFound:
+                pass
+        self._create(generation, stale_from)
 
     def _create(self, generation: int, stale_from: Optional[str]) -> None:
         started = self._clock()
@@ -324,7 +388,8 @@ class Lease:
         except StoreNotFound:
             return
         gen = parse_generation(key)
-        assert gen is not None
+        if gen is None:  # only keys from lease_key() get here; never stop the node over one that is not
+            return
         self._seen, self._seen_since = (gen, raw), self._clock()
         self.holder = LeaseRecord.decode(raw)
         self.holder_key = key

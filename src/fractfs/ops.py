@@ -156,15 +156,7 @@ def read_lease(store: Optional[Store], *, now: Optional[float] = None) -> Option
     if rec is None:
         return {"state": "unknown", "holder": None, "key": key, "error": "the lease object is unreadable "
                 "(being written, or from a newer fractfs)", "blocks_writers": True}
-    age = now - rec.time
-    if rec.released:
-        state = "free"
-    elif age <= rec.timeout:
-        state = "live"
-    elif age <= rec.timeout + skew:
-        state = "uncertain"
-    else:
-        state = "stale"
+    state, age = _lease.heartbeat_state(rec, now, skew)  # bounded: a forged record is not live for ever
     return {
         "state": state,
         "holder": rec.node,
