@@ -27,6 +27,7 @@ from . import sqlite as _sqlite
 from .format import (
     DIR,
     FILE,
+    MAX_PACKED_FILE,
     MAX_SEQ,
     SQLITE_MAGIC,
     SQLITE_SIDECARS,
@@ -445,7 +446,7 @@ def checkpoint(
     pick: Want = want if want is not None else (lambda _a, _r, _d: True)
     with _StateLock(sdir):
         return _checkpoint_locked(store, areas, pick, sdir, content_hash, node_id, max(1, transfers), keep,
-                                  max(pack_size, 1), deadline, large_file, t0)
+                                  max(pack_size, 1), deadline, min(large_file, MAX_PACKED_FILE), t0)
 
 
 def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: Path, content_hash: bool,
@@ -457,7 +458,7 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
         unlink_if_present(leftover)
     hdr, payload_at = scan.read_header(sdir)
     sized = catalog.list_sized(store)
-    names = sorted(sized)
+    names = catalog.without_damaged(store, sorted(sized), sized)  # a planted newest name must not unsync us
     newest = names[-1] if names else None
     walked = scan.walk(areas, want, _exclusions(areas, [sdir]))
     _remove_stale_temps(walked.temps)
@@ -735,9 +736,14 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
         # consistent store) can hide our last manifest, and a second manifest with the same number would
         # then be ordered against it by digest alone, i.e. at random, and could lose to the older state.
         last = parse_snapshot_id(hdr.snapshot) if hdr is not None and hdr.snapshot else None
-        seq = max(names[-1].seq if names else 0, last.seq if last is not None else 0) + 1
+        # counted from manifests not found damaged: a planted 7-byte snapshots/999999999999-… must not use
+        # up the sequence space (docs/security.md)
+        usable = catalog.without_damaged(store, names, sized)
+        seq = max(usable[-1].seq if usable else 0, last.seq if last is not None else 0) + 1
         if seq > MAX_SEQ:
-            raise FractfsError("snapshot sequence space exhausted")
+            raise FractfsError(f"snapshot sequence space exhausted: {usable[-1].key if usable else '?'} on the "
+                               f"store carries sequence {seq - 1}, the largest there is; fractfs never counts "
+                               "that high, so it was put there by hand: delete it (fractfs verify lists it)")
         man = Manifest(seq=seq, created_ns=time.time_ns(), node=node_id, parent=base_id, entries=entries)
         name, data = encode_manifest(man)
         try:
@@ -758,7 +764,7 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
         snapshot_id = name.id
         committed = name
         result.snapshot_id = name.id
-        _trim(store, names + [name], keep)
+        _trim(store, catalog.without_damaged(store, names, sized) + [name], keep)
     result.uploaded_bytes = uploaded
 
     # -- remember what we now know (after the commit: the cache must never run ahead of the store) ----------
