@@ -26,6 +26,7 @@ from . import __version__
 from . import ops
 from .config import Config, load_config
 from .errors import ConfigError, FractfsError
+from .localfile import private_dir
 from .ops import SnapshotNotFound, human_bytes
 from .runtime import iso_utc
 
@@ -629,7 +630,7 @@ def cmd_prune(args: argparse.Namespace, out: Out) -> int:
     if not args.dry_run and state.parent.is_dir():
         # a checkpoint by the app on this node holds this lock: its new objects are unreferenced until its
         # manifest lands, so prune must not run in the middle of one
-        state.mkdir(parents=True, exist_ok=True)
+        private_dir(state)
         lock = _StateLock(state)
     # the newest snapshot this node's app knows: a store listing that does not show it yet is stale, and
     # pruning against it would delete blobs that snapshot needs

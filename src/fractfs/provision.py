@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ClobberError, ProvisionError
-from .localfile import write_replace
+from .localfile import private_dir, write_replace
 from .tiers import Tier
 
 if TYPE_CHECKING:
@@ -1165,7 +1165,7 @@ def _warn(report: ProvisionReport, message: str) -> None:
 def _provision_lock(config: Config) -> Iterator[None]:
     """Exclusive node-local lock: several workers of one app (gunicorn, uvicorn --workers) all call init()."""
     path = _state_dir(config) / "provision.lock"
-    _mkdirs(path.parent)
+    private_dir(path.parent)  # the first to make the state dir: 0700 from creation (docs/security.md)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released by close(), also when the process dies

@@ -28,7 +28,7 @@ from .config import Config, load_config
 from .daemon import SyncDaemon
 from .errors import FractfsError, ProvisionError
 from .lease import Lease, LeaseLost
-from .localfile import write_replace
+from .localfile import private_dir, write_replace
 from .selection import Selection, areas_for, detect_bundle, save_bundle
 from .tiers import Tier, TierResolver
 
@@ -881,7 +881,7 @@ class Runtime:
             st["initialized"] = not self.closed
             st["written_at"] = time.time()
             sdir = self.config.state_dir
-            sdir.mkdir(parents=True, exist_ok=True)
+            private_dir(sdir)
             write_replace(sdir / STATUS_FILE, json.dumps(st, default=str).encode())
         except (OSError, TypeError, ValueError) as exc:
             log.debug("fractfs: could not write %s: %s", STATUS_FILE, exc)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from ..localfile import unlink_if_present
+from ..localfile import private_dir, unlink_if_present
 from ..errors import AlreadyExists, FractfsError, StoreError
 from ..stores.base import Store
 from . import catalog, scan, unrestored
@@ -442,7 +442,7 @@ def checkpoint(
         raise FractfsError(f"keep={keep}: keep at least 1 snapshot")
     areas = _norm_areas(areas)
     sdir = Path(os.path.abspath(os.fspath(state_dir)))
-    sdir.mkdir(parents=True, exist_ok=True)
+    private_dir(sdir)
     pick: Want = want if want is not None else (lambda _a, _r, _d: True)
     with _StateLock(sdir):
         return _checkpoint_locked(store, areas, pick, sdir, content_hash, node_id, max(1, transfers), keep,
@@ -453,7 +453,7 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
                        node_id: str, transfers: int, keep: int, pack_size: int, deadline: float | None,
                        large_file: int, t0: float) -> CheckpointResult:
     tmpdir = sdir / "tmp"
-    tmpdir.mkdir(exist_ok=True)
+    private_dir(tmpdir)  # SQLite copies land here: the app's data
     for leftover in tmpdir.iterdir():  # copies from a checkpoint that crashed
         unlink_if_present(leftover)
     hdr, payload_at = scan.read_header(sdir)

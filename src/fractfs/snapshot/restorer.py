@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from ..localfile import unlink_if_present
+from ..localfile import create_private, private_dir, unlink_if_present
 from ..errors import RestoreError, StoreError, StoreNotFound
 from ..stores.base import Store
 from . import catalog, scan, unrestored
@@ -243,7 +243,7 @@ class _Writer:
                 # created private (and exclusive, not through a link) before get_file writes into it: the
                 # stores' get_file keep the mode of a file that exists, so the content is never readable by
                 # others on the way; its final mode is set below once it is verified
-                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o600))
+                os.close(create_private(tmp))
                 store.get_file(key, Path(tmp))
             except StoreNotFound:
                 unlink_if_present(tmp)
@@ -891,7 +891,7 @@ def _seed_state(sdir: Path, m: Manifest, plan: _Planner, restored: set[str]) -> 
     """
     from .engine import _entry_row, _facts, _StateLock
 
-    sdir.mkdir(parents=True, exist_ok=True)
+    private_dir(sdir)
     rows: dict[str, dict[str, Any]] = {}
     for e in m.entries:
         facts = None
