@@ -664,7 +664,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--commit-sleep", type=float, default=0.001, help="seconds the app sleeps between commits")
     ap.add_argument("--work", help="directory for the trials (default: a temporary one)")
     ap.add_argument("--json", help="write every trial and the summary here")
+    ap.add_argument("--quick", action="store_true",
+                    help="one trial per case, small sizes (below the size that loses data today), short delays")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.trials, a.db_mb, a.big_mib, a.max_delay = 1, "30-40", 48, 3.0
     cases = a.case.split(",")
     for c in cases:
         if c not in CASES:
