@@ -25,8 +25,9 @@ Cases:
     A ``--big-mib`` (default 300 MiB) file of random bytes, checkpointed; then a 4 KiB edit at a random
     offset, and SIGTERM ``--edit-lead`` (0.3 s) later. The restored file must hold the edit.
 ``hot``
-    A log appended every 3 ms and a progress file rewritten in place every 5 ms, from app threads that keep
-    writing through the final checkpoint. After the wipe both must exist, the log as complete consecutive
+    A log appended every 3 ms and a progress file rewritten in place every 5 ms (one write() of a fixed-length
+    record, so it is never empty or half written between writes), from app threads that keep writing through
+    the final checkpoint. After the wipe both must exist, the log as complete consecutive
     lines, the progress file as one whole version, each at least as new as what the app saw just after the
     newest checkpoint that landed before the signal (or just after its start, when none had).
 
@@ -174,9 +175,16 @@ class _Hot:
             with self.lock:
                 self.progress += 1
                 n = self.progress
-            # in place (truncate, write), as many apps do: a reader can catch it empty or half written
-            with open(self.root / PROGRESS, "w") as f:
-                f.write(json.dumps({"n": n, "at": time.time(), "pad": "x" * 200}))
+            # Rewritten in place by one write() of a fixed-length record, never truncated first: every state
+            # the file is ever in for longer than that write is one whole version. (With open("w") the file
+            # sits empty whenever this thread waits for the GIL between the truncate and the write; under load
+            # that lasted beyond the 30 ms racy window and an empty file was, correctly, checkpointed.)
+            rec = json.dumps({"n": n, "at": time.time()}).encode().ljust(256) + b"\n"
+            fd = os.open(self.root / PROGRESS, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.pwrite(fd, rec, 0)
+            finally:
+                os.close(fd)
             time.sleep(0.005)
 
     def now(self) -> tuple[int, int]:
