@@ -57,7 +57,9 @@ def test_sigterm_keeps_a_late_edit_in_a_large_file(tmp_path: Path) -> None:
 @pytest.mark.xfail(strict=True, reason=ISSUE + "files written more often than every ~30 ms are skipped as busy "
                    "by every checkpoint, the final one included: they are missing after a wipe")
 def test_sigterm_keeps_hot_files(tmp_path: Path) -> None:
-    _assert_all_ok(_run(tmp_path, "hot", 2, max_delay=3.0))
+    # three trials: under heavy load a starved writer can leave both files still for 30 ms, and today's code
+    # then stores them (1 trial in 10 at load average 11); all three lucky would flip this xfail
+    _assert_all_ok(_run(tmp_path, "hot", 3, max_delay=3.0))
 
 
 # -- controls: the same harness where the final checkpoint fits its assumed rate (pass today) ---------------
