@@ -109,14 +109,14 @@ def list_sized(store: Store) -> dict[SnapName, int]:
             log.debug("ignoring foreign file %s in the snapshot area", key)
     head = read_head(store)
     if head is not None and head not in out and (not out or head > max(out)):
-        size = store.size(head.key)
-        if size is None:
+        head_size = store.size(head.key)
+        if head_size is None:
             _warn_once(f"gone:{head.id}", "fractfs: %s names snapshot %s, which is not on the store; ignoring the "
                        "head (the listing alone decides)", HEAD_KEY, head.short)
         else:
             log.info("fractfs: the store's listing does not show snapshot %s yet; using it, as %s names it",
                      head.short, HEAD_KEY)
-            out[head] = size
+            out[head] = head_size
     return out
 
 
