@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import pytest
 
-from fractfs.errors import AlreadyExists, ObjectRejected, ObjectTooLarge, StoreError, StoreFull, StoreNotFound
+from fractfs.errors import AlreadyExists, ObjectRejected, StoreError, StoreFull, StoreNotFound
 from fractfs.stores import FsspecStore, PosixStore, Store, open_store
 from fractfs.stores import fsspec as fsspec_mod
 from fractfs.stores.transfer import get_many, parallel_map, put_many, retry
