@@ -217,3 +217,33 @@ def test_read_only_volume_without_marker_still_reads(
     assert not (vol / "_checkpoint" / MARKER_KEY).exists()
     with pytest.raises(StoreError):
         g.put("k2", b"x")  # the Volume's own refusal (read-only), not a guard error
+
+
+def test_threads_creating_the_area_while_others_list_never_see_it_vanish(tmp_path: Path) -> None:
+    # The area is made by the first write while other threads list it: a listing that looked just before the
+    # root appeared must not take it for a Volume that went away.
+    import threading
+
+    for round_ in range(30):
+        store = PosixStore(tmp_path / f"area-{round_}")
+        barrier = threading.Barrier(8)
+        errors: list[BaseException] = []
+
+        def work(i: int, store: PosixStore = store, barrier: threading.Barrier = barrier,
+                 errors: list[BaseException] = errors) -> None:
+            barrier.wait()
+            try:
+                for _ in range(20):
+                    if i % 2:
+                        list(store.list("locks/"))
+                    else:
+                        store.put(f"locks/{i}", b"x")
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []

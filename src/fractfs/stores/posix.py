@@ -130,10 +130,13 @@ class PosixStore:
 
     def _check_root(self) -> bool:
         """Whether the root exists now; VolumeNotMounted when it existed before and does not any more."""
+        # Read the flag before looking: another thread may create the root (and set the flag) in between, and
+        # only a root seen before this look and missing in it has vanished.
+        seen = self._root_seen
         if os.path.isdir(self._root):
             self._root_seen = True
             return True
-        if self._root_seen:
+        if seen:
             self._known_dirs.clear()
             raise self._vanished()
         return False
