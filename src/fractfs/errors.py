@@ -39,3 +39,34 @@ class CorruptCheckpointError(FractfsError):
 
 class RestoreError(FractfsError):
     """A restore could not complete (disk full, permission denied, ...); nothing half-written is left."""
+
+
+class VolumeNotMounted(StoreError):
+    """The Volume the checkpoint area lives on is not there (unmounted, renamed, an empty mountpoint).
+
+    Nothing is written while it is missing: writing would put "durable" data on the node's ephemeral disk.
+    """
+
+
+class VolumeChanged(StoreError):
+    """A different Volume is mounted where this process's Volume was (its identity marker differs)."""
+
+
+class ObjectRejected(StoreError):
+    """The store refused one object for a reason that concerns that object (its size), not the store as a whole.
+
+    ``key`` is the store key that was refused. A checkpoint can leave the file behind such an object out and
+    still commit the rest.
+    """
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class StoreFull(ObjectRejected):
+    """No space left on the store for this object (ENOSPC/EDQUOT)."""
+
+
+class ObjectTooLarge(ObjectRejected):
+    """The object is larger than the store takes in one object (EFBIG, the Files API's 5 GiB per request)."""

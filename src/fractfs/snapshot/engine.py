@@ -753,6 +753,7 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
             except StoreError as exc:
                 log.debug("fractfs: could not remove torn manifest %s: %s", name.key, exc)
             raise
+        catalog.write_head(store, name)  # for readers whose listing lags (docs/format.md, "The head")
         uploaded += len(data)
         snapshot_size = len(data)
         snapshot_id = name.id
