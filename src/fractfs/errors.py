@@ -39,3 +39,15 @@ class CorruptCheckpointError(FractfsError):
 
 class RestoreError(FractfsError):
     """A restore could not complete (disk full, permission denied, ...); nothing half-written is left."""
+
+
+class CheckpointAborted(FractfsError):
+    """A checkpoint was cut short because fractfs is stopping; the previous snapshot stays the checkpoint."""
+
+
+class LeaseLost(FractfsError):
+    """This node no longer holds (or cannot confirm) the checkpoint lease, so it must not commit."""
+
+
+class LeaseHeld(FractfsError):
+    """Another node holds the checkpoint lease, so this one may not write checkpoints (or prune) now."""

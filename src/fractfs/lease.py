@@ -28,7 +28,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Optional
 
-from .errors import AlreadyExists, FractfsError, StoreNotFound
+from .errors import AlreadyExists, StoreNotFound
+from .errors import LeaseLost as LeaseLost  # re-exported: older callers import it from here
 from .stores.base import Store
 
 log = logging.getLogger("fractfs")
@@ -41,10 +42,6 @@ VERSION = 1
 #: A lease whose writer timestamp is older than timeout + this is taken over without waiting to watch it.
 #: Large, so that only clocks that are wrong by minutes could make a live holder look ancient.
 MAX_CLOCK_SKEW = 120.0
-
-
-class LeaseLost(FractfsError):
-    """This node no longer holds (or cannot confirm) the checkpoint lease, so it must not commit."""
 
 
 def lease_key(generation: int) -> str:

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, U
 from . import provision as _provision
 from .config import Config, load_config
 from .daemon import SyncDaemon
-from .errors import FractfsError, ProvisionError
-from .lease import Lease, LeaseLost
+from .errors import CheckpointAborted, FractfsError, LeaseLost, ProvisionError
+from .lease import Lease
 from .localfile import write_replace
 from .selection import Selection, areas_for, detect_bundle, save_bundle
 from .tiers import Tier, TierResolver
@@ -45,10 +45,6 @@ MIN_FINAL = 0.3
 RETRY_SOON = 1.0
 #: status()["sync_mode"] with sync_interval = 0: checkpoints only when asked, and the final one.
 MANUAL = "manual"
-
-
-class CheckpointAborted(FractfsError):
-    """A checkpoint was cut short because fractfs is stopping; the previous snapshot stays the checkpoint."""
 
 
 def iso_utc(ts: Optional[float]) -> Optional[str]:
