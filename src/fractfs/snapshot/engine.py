@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from ..localfile import unlink_if_present
+from ..localfile import hash_file, unlink_if_present
 from ..errors import AlreadyExists, FractfsError, StoreError
 from ..stores.base import Store
 from . import catalog, scan, unrestored
@@ -142,19 +142,6 @@ def _read_exact(fd: int, n: int) -> bytes:
     return b"".join(parts) if len(parts) != 1 else parts[0]
 
 
-def _hash_file(path: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            b = f.read(_CHUNK)
-            if not b:
-                break
-            h.update(b)
-            n += len(b)
-    return h.hexdigest(), n
-
-
 class _Ctx:
     """Per-checkpoint settings the readers need."""
 
@@ -254,7 +241,7 @@ def _capture_sqlite(path: str, st0: os.stat_result, ctx: _Ctx) -> _Captured | st
         ctx.sqlite_unreadable_logged.add(path)
         return None
     try:
-        sha, size = _hash_file(os.fspath(tmp))
+        sha, size = hash_file(tmp)
         racy = _racy_ns(st0.st_ctime_ns) or any(_racy_ns(s[3]) for s in side if s[2])
         cap = _Captured(sha=sha, size=size, mode=st0.st_mode & 0o7777, mtime_ns=st0.st_mtime_ns,
                         facts=None if racy else _facts(st0), sqlite=True, side=side)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from ..localfile import unlink_if_present
+from ..localfile import hash_file, unlink_if_present
 from ..errors import RestoreError, StoreError, StoreNotFound
 from ..stores.base import Store
 from . import catalog, scan, unrestored
@@ -159,11 +159,7 @@ class _Writer:
             return False
         if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
             return False
-        h = hashlib.sha256()
-        with open(dest, "rb", buffering=0) as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest() == e.sha256
+        return hash_file(dest)[0] == e.sha256
 
     def _tmp_for(self, dest: str) -> str:
         # one random id per restore plus a counter: no entropy syscall per file
