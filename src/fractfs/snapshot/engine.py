@@ -22,7 +22,7 @@ from typing import Any, Callable, Union
 from ..localfile import hash_file, unlink_if_present
 from ..errors import AlreadyExists, FractfsError, StoreError
 from ..stores.base import Store
-from . import catalog, scan, unrestored
+from . import catalog, scan, statcache, unrestored
 from . import sqlite as _sqlite
 from .format import (
     DIR,
@@ -40,13 +40,9 @@ from .format import (
     parse_snapshot_id,
     valid_area,
 )
-from .scan import S_IFDIR, S_IFLNK, S_IFREG, CacheHeader, CacheRow, Rec, Want
+from .scan import S_IFDIR, S_IFLNK, S_IFREG, Rec, Want
+from .statcache import CacheHeader, CacheRow, StateLock, stat_facts
 from .xfer import Uploader, check_stored, store_blob
-
-try:  # POSIX only; the state dir lock is a courtesy on platforms without it
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("fractfs")
 
@@ -114,8 +110,7 @@ class _Captured:
     side: tuple[Any, ...] | None = None
 
 
-def _facts(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    return (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+_facts = stat_facts
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
@@ -349,13 +344,11 @@ class _NewLoc:
 # -- the checkpoint ------------------------------------------------------------------------------------------
 
 def _row_to_entry(area: str, rel: str, row: CacheRow) -> Entry:
-    # rows start with the Entry fields after (area, path), in the same order
-    return Entry._make((area, rel) + row[:10])
+    return row.entry(area, rel)
 
 
 def _entry_row(e: Entry, facts: tuple[int, ...] | None, side: tuple[Any, ...] | None) -> CacheRow:
-    return (e.type, e.mode, e.size, e.mtime_ns, e.sha256, e.pack, e.offset, e.object, e.target, e.sqlite,
-            facts, side)
+    return CacheRow.of(e, facts, side)
 
 
 def _norm_areas(areas: dict[str, Path]) -> dict[str, Path]:
@@ -384,21 +377,8 @@ def _exclusions(areas: dict[str, Path], extra: list[Path]) -> frozenset[str]:
     return frozenset(out)
 
 
-class _StateLock:
-    def __init__(self, state_dir: Path):
-        self.path = state_dir / "lock"
-        self.fd = -1
-
-    def __enter__(self) -> _StateLock:  # noqa: PYI034 - private helper, never subclassed
-        if fcntl is not None:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # closing drops the flock
-            self.fd = -1
+#: Kept for `fractfs prune` (cli.py) until it imports statcache.StateLock itself.
+_StateLock = StateLock
 
 
 def checkpoint(
@@ -430,7 +410,7 @@ def checkpoint(
     sdir = Path(os.path.abspath(os.fspath(state_dir)))
     sdir.mkdir(parents=True, exist_ok=True)
     pick: Want = want if want is not None else (lambda _a, _r, _d: True)
-    with _StateLock(sdir):
+    with StateLock(sdir):
         return _checkpoint_locked(store, areas, pick, sdir, content_hash, node_id, max(1, transfers), keep,
                                   max(pack_size, 1), deadline, large_file, t0)
 
@@ -442,7 +422,7 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
     tmpdir.mkdir(exist_ok=True)
     for leftover in tmpdir.iterdir():  # copies from a checkpoint that crashed
         unlink_if_present(leftover)
-    hdr, payload_at = scan.read_header(sdir)
+    hdr, payload_at = statcache.read_header(sdir)
     sized = catalog.list_sized(store)
     names = sorted(sized)
     newest = names[-1] if names else None
@@ -463,7 +443,7 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
     # -- something may have changed: what do we compare against? ------------------------------------------
     rows: dict[str, dict[str, CacheRow]] = {}
     if hdr is not None:
-        loaded = scan.read_rows(sdir, hdr, payload_at)
+        loaded = statcache.read_rows(sdir, hdr, payload_at)
         if loaded is None:
             synced = False  # unreadable: compare with the store's newest snapshot instead
         else:
@@ -526,8 +506,8 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
                 new_rows[key] = _entry_row(e, rec[1:], None)
                 continue
             if fmt == S_IFLNK:
-                if row is not None and row[0] == SYMLINK and row[10] == rec[1:]:
-                    target = row[8]
+                if row is not None and row.type == SYMLINK and row.facts == rec[1:]:
+                    target = row.target
                 else:
                     try:
                         target = os.readlink(os.path.join(top, rel))
@@ -548,11 +528,11 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
                 sfx = next(s for s in SQLITE_SIDECARS if rel.endswith(s))
                 if rel[: -len(sfx)] in sqlite_dbs:
                     continue
-            if not content_hash and row is not None and row[0] == FILE and row[10] == rec[1:]:
+            if not content_hash and row is not None and row.type == FILE and row.facts == rec[1:]:
                 side = None
-                if row[9]:
+                if row.sqlite:
                     side = scan.sidecar_facts(os.path.join(top, rel))
-                if not row[9] or tuple(row[11] or ()) == side:
+                if not row.sqlite or tuple(row.side or ()) == side:
                     e = base[key] if synced else _row_to_entry(area, rel, row)
                     if not synced:
                         where = dedup.get(e.sha256)
@@ -755,11 +735,11 @@ def _checkpoint_locked(store: Store, areas: dict[str, Path], want: Want, sdir: P
     dbs = sorted((a, r) for (a, r), e in new.items() if e.sqlite and (a, r) not in carried)
     hdr_out = CacheHeader(snapshot=snapshot_id, snapshot_size=snapshot_size, sqlite=dbs, files=result.files,
                           bytes=result.bytes)
-    db_sides = [(a, r, new_rows[(a, r)][11]) for a, r in dbs]
+    db_sides = [(a, r, new_rows[(a, r)].side) for a, r in dbs]
     if digest_ok and not result.skipped_busy and not result.missed_deadline and all(x[2] for x in db_sides):
         hdr_out.digest = scan.walk_digest(areas, walked, db_sides)
     try:
-        scan.write_cache(sdir, hdr_out, rows_out)
+        statcache.write_cache(sdir, hdr_out, rows_out)
     except OSError as exc:
         # The snapshot is committed; the cache only saves the next checkpoint from re-reading files. Whatever
         # cache is left describes an older snapshot, so the next run compares against the store instead.
@@ -820,8 +800,8 @@ def _relocate(e: Entry, loc: Entry | None, obj: str = "") -> Entry:
 
 
 def _is_sqlite(top: str, rel: str, rec: Rec, row: CacheRow | None) -> bool:
-    if row is not None and row[0] == FILE and row[10] == rec[1:]:
-        return bool(row[9])
+    if row is not None and row.type == FILE and row.facts == rec[1:]:
+        return bool(row.sqlite)
     try:
         with open(os.path.join(top, rel), "rb") as f:
             return f.read(16) == SQLITE_MAGIC
