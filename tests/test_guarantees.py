@@ -35,7 +35,7 @@ def test_commit_is_refused_once_the_lease_cannot_be_renewed(tmp_path: Path) -> N
     """A checkpoint that started with a valid lease, whose pack upload then outlasts the lease's validity while
     the heartbeat fails, must not commit: another node may have taken over meanwhile.
 
-    Broken by: ``Runtime._may_commit`` returning True (the commit check always allows)."""
+    Broken by: ``LeaseKeeper.fence`` not raising (the commit check always allows)."""
     app = App(tmp_path, str(tmp_path / "vol"))
     out = app.run(f"""
         from fractfs.errors import StoreError
