@@ -144,6 +144,9 @@ def checkpoint(
     """
     opts = Options(content_hash=content_hash, node_id=node_id, transfers=transfers, keep=keep,
                    pack_size=pack_size, deadline=deadline, large_file=large_file)
+    if keep < 1:  # refused before anything on disk changes (prepare() checks again for its own callers)
+        raise FractfsError(f"keep={keep}: keep at least 1 snapshot")
+    _norm_areas(areas)
     sdir = state_path(state_dir)
     with StateLock(sdir):
         return commit(store, prepare(store, areas, want, sdir, opts), fence)
