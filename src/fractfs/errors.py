@@ -70,3 +70,15 @@ class StoreFull(ObjectRejected):
 
 class ObjectTooLarge(ObjectRejected):
     """The object is larger than the store takes in one object (EFBIG, the Files API's 5 GiB per request)."""
+
+
+class CheckpointAborted(FractfsError):
+    """A checkpoint was cut short because fractfs is stopping; the previous snapshot stays the checkpoint."""
+
+
+class LeaseLost(FractfsError):
+    """This node no longer holds (or cannot confirm) the checkpoint lease, so it must not commit."""
+
+
+class LeaseHeld(FractfsError):
+    """Another node holds the checkpoint lease, so this one may not write checkpoints (or prune) now."""

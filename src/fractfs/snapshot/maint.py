@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CorruptCheckpointError, FractfsError, StoreError, StoreNotFound
+from ..localfile import hash_file
 from ..stores.base import Store
 from . import catalog
 from .format import (
@@ -235,12 +235,8 @@ def verify(store: Store, snapshot_id: str | None = None, *, transfers: int = 8) 
                 with tempfile.TemporaryDirectory(prefix="fractfs-verify-") as td:
                     tmp = Path(td) / "obj"
                     store.get_file(key, tmp)
-                    h = hashlib.sha256()
-                    with open(tmp, "rb") as f:
-                        for b in iter(lambda: f.read(1 << 20), b""):
-                            h.update(b)
-                    ok = h.hexdigest() == bid
-                    size = os.path.getsize(tmp)
+                    digest, size = hash_file(tmp)
+                    ok = digest == bid
                 if not ok:
                     bad_blobs.append(key)
                 for sid, e in users:
