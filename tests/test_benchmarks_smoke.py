@@ -31,7 +31,7 @@ CASES = [
     ("cold_start.py", ["cold init 300 (disk)", "cold init 300 (tmpfs)", "| tar -xf", "| cp -a",
                        "cold init 200 (S3)", "| s5cmd cp", "first checkpoint after cold init 300",
                        "git status (first, after clone)", "no-op checkpoint after it 300", "git status (again)",
-                       "peak RSS MiB", "time per file at 600"], 120),
+                       "peak RSS MiB", "time per file (whole process) at 600"], 120),
 ]
 #: measurements of fractfs alone (no peer to compare with, so no ratio)
 NO_PEERS = {"data_loss_window.py"}
