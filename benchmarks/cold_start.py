@@ -544,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     tarv = subprocess.run(["tar", "--version"], capture_output=True, text=True, check=False).stdout.split("\n")[0]
     gitv = subprocess.run(["git", "--version"], capture_output=True, text=True, check=False).stdout.strip()
     head = (f"# cold_start: {machine()}\n# load average at start {load_start}, at end {load_average()} "
-            f"(1/5/15 min); medians of {reps} run(s) ({min(reps, 3)} at 100 000 files and more), tools "
+            f"(1/5/15 min); medians of {reps} run(s) ({min(reps, 3)} in the posix and S3 cases at 100 000 files "
+            f"and more, 1 at 1 000 000 in the scale curve), tools "
             f"alternating; whole processes, fractfs until init() returns; checkpoint/S3/scale cases on "
             f"{args.node}\n# {tarv}; {gitv}"
             + (f"; SeaweedFS {res.info['seaweedfs']}; s5cmd {res.info['s5cmd']}" if "s5cmd" in res.info else ""))
