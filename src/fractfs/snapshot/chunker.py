@@ -123,11 +123,8 @@ def _cut_reference(buf: Buffer, params: Params = FORMAT_PARAMS) -> int:
 
 def _load_native() -> Any:
     try:
-        import pyfastcdc  # the `fast` extra
-    except ImportError:
-        return None
-    try:
-        from pyfastcdc.cy import FastCDC  # the compiled class; the package's own fallback is slower than ours
+        # the `fast` extra; only the compiled class: the package's own pure fallback is no faster than ours
+        from pyfastcdc.cy import FastCDC
     except ImportError:
         return None
     return FastCDC

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, Optional
 
 from ..errors import CorruptCheckpointError
 from .chunker import FORMAT_PARAMS
+from .format import UnknownFormatError
 
 FORMAT_NAME = "fractfs-snapshot"
 VERSION = 2
@@ -169,8 +170,10 @@ def encode(header: Header, entries: Iterable[Entry2]) -> bytes:
                     "mtime_ns": mtimes, "nchunks": nchunks, "targets": targets, "sqlite": sqlite},
         "chunks": {"pack": c_pack, "offset": c_off, "length": c_len, "sha256": "".join(c_sha)},
     }
-    raw = json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogateescape")
-    return gzip.compress(raw, compresslevel=6, mtime=0)
+    # ASCII JSON as in v1: names that are not UTF-8 travel as \udcXX escapes; level 1 as in v1 (speed at
+    # SIGTERM matters more than a few % of size)
+    raw = json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return gzip.compress(raw, compresslevel=1, mtime=0)
 
 
 # -- decode ------------------------------------------------------------------------------------------------
@@ -267,24 +270,32 @@ def _path_ok(path: str) -> bool:
     return all(_name_ok(c) for c in path.split("/"))
 
 
-def decode(data: bytes) -> Manifest2:
-    """Decode and validate a v2 manifest's bytes (already checked against the digest in its name).
+def decode(data: bytes, expect_seq: Optional[int] = None) -> Manifest2:
+    """Decode and validate a v2 manifest's bytes (already checked against the digest in its name, whose
+    sequence number the caller passes as ``expect_seq``).
 
-    Raises CorruptCheckpointError when the structure is damaged; individual bad entries land in ``refused``.
+    Raises CorruptCheckpointError when the structure is damaged (UnknownFormatError for a newer version);
+    individual bad entries land in ``refused``.
     Function length: one pass per table, kept together so the per-entry loop's locals stay local (speed).
     """
     try:
-        doc = json.loads(_gunzip(data).decode("utf-8", "surrogateescape"))
-    except (UnicodeDecodeError, ValueError) as e:
+        doc = json.loads(_gunzip(data))
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
         raise _bad(f"not JSON ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise _bad("not a fractfs-snapshot manifest")
-    if doc.get("version") != VERSION:
-        raise _bad(f"version {doc.get('version')!r}, expected {VERSION}")
+    version = doc.get("version")
+    if type(version) is int and version > VERSION:
+        raise UnknownFormatError(f"manifest format version {version} is newer than this fractfs reads "
+                                 f"(up to {VERSION}); upgrade fractfs to use it")
+    if version != VERSION:
+        raise _bad(f"version {version!r} is not {VERSION} (a v1 manifest goes to format.decode_manifest)")
     seq, created, node, parent = doc.get("seq"), doc.get("created_ns"), doc.get("node"), doc.get("parent")
     if type(seq) is not int or seq < 0 or type(created) is not int or not isinstance(node, str) or not (
             parent is None or isinstance(parent, str)):
         raise _bad("header fields seq/created_ns/node/parent have wrong types")
+    if expect_seq is not None and seq != expect_seq:
+        raise _bad(f"sequence {seq} inside differs from its name ({expect_seq})")
     if doc.get("chunking") != CHUNKING:
         raise _bad(f"chunking parameters {doc.get('chunking')!r} are not format v2's")
     areas = doc.get("areas")
@@ -315,7 +326,7 @@ def decode(data: bytes) -> Manifest2:
     nc = len(c_pack)
     c_off = _col(ctab, "offset", nc, "chunks")
     c_len = _col(ctab, "length", nc, "chunks")
-    c_sha = ctab.get("sha256")
+    c_sha = ctab.get("sha256") if isinstance(ctab, dict) else None
     if not isinstance(c_sha, str) or len(c_sha) != 64 * nc or not _HEXSTR.fullmatch(c_sha):
         raise _bad("chunks.sha256 must be 64 lowercase hex characters per chunk")
     n_packs = len(packs)
@@ -330,7 +341,7 @@ def decode(data: bytes) -> Manifest2:
     e_dir = _col(etab, "dir", None, "entries")
     n = len(e_dir)
     names = _col(etab, "name", n, "entries")
-    kinds = etab.get("kind")
+    kinds = etab.get("kind") if isinstance(etab, dict) else None
     if not isinstance(kinds, str) or len(kinds) != n:
         raise _bad(f"entries.kind must be a string of {n} characters")
     modes = _col(etab, "mode", n, "entries")
