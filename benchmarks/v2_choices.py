@@ -19,7 +19,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from _bench import machine, say, table
@@ -103,7 +102,7 @@ def bench_params(mib: int) -> str:
                             (512 * KiB, 2 * MiB, 8 * MiB, 1), (1 * MiB, 4 * MiB, 16 * MiB, 1)]:
         p = C.Params(mn, avg, mx, nc)
 
-        def cuts(b: bytes) -> dict[bytes, int]:
+        def cuts(b: bytes, p: Any = p) -> dict[bytes, int]:
             out = {}
             for off, ln in C.cut_points(b, params=p, native=True):
                 out[hashlib.sha256(memoryview(b)[off:off + ln]).digest()] = ln
@@ -111,7 +110,7 @@ def bench_params(mib: int) -> str:
 
         old = cuts(base)
 
-        def new_mib(b: bytes) -> float:
+        def new_mib(b: bytes, old: dict[bytes, int] = old) -> float:
             return sum(ln for h, ln in cuts(b).items() if h not in old) / MiB
 
         e = [new_mib(b) for b in edits]
@@ -211,7 +210,8 @@ def bench_zstd(reps: int, mib: int) -> str:
             c = zstd.ZstdCompressor(level=level)
             d = zstd.ZstdDecompressor()
             packed = c.compress(data)
-            secs = interleaved({"c": lambda: c.compress(data), "d": lambda: d.decompress(packed)}, reps)
+            secs = interleaved({"c": lambda c=c, data=data: c.compress(data),
+                               "d": lambda d=d, packed=packed: d.decompress(packed)}, reps)
             rows.append([name, f"zstd -{level}", f"{len(data) / len(packed):.2f}",
                          f"{len(data) / secs['c'] / 1e6:.0f}", f"{len(data) / secs['d'] / 1e6:.0f}"])
     return table(rows, ["sample", "level", "ratio (orig/packed)", "compress MB/s", "decompress MB/s"])

@@ -312,7 +312,9 @@ def decode(data: bytes, expect_seq: Optional[int] = None) -> Manifest2:
     d_path = _col(dtab, "path", len(d_area), "dirs")
     n_areas = len(areas)
     dir_ok: list[Optional[str]] = []  # None = fine, else the reason
+    area_of_dir: list[int] = []  # 0 for a row without a valid area (its entries are refused anyway)
     for a, p in zip(d_area, d_path):
+        area_of_dir.append(a if type(a) is int and 0 <= a < n_areas else 0)
         if type(a) is not int or not 0 <= a < n_areas:
             dir_ok.append("directory row names no area")
         elif type(p) is not str or (p != "" and not _path_ok(p)):
@@ -376,9 +378,9 @@ def decode(data: bytes, expect_seq: Optional[int] = None) -> Manifest2:
             entry_area.append(0)
             refused[i] = "names no directory row"
             continue
-        parent = d_path[d]
-        entry_area.append(d_area[d] if type(d_area[d]) is int else 0)
-        paths.append(f"{parent}/{name}" if parent else name if type(name) is str else "")
+        dpath = d_path[d]
+        entry_area.append(area_of_dir[d])
+        paths.append(f"{dpath}/{name}" if dpath else name if type(name) is str else "")
         why = dir_ok[d]
         if why is not None:
             refused[i] = why
@@ -421,7 +423,7 @@ def decode(data: bytes, expect_seq: Optional[int] = None) -> Manifest2:
     if next_chunk != nc:
         raise _bad(f"entries use {next_chunk} chunks, the chunk table has {nc}")
 
-    _refuse_duplicates_and_shadowed(paths, entry_area, kinds, names, e_dir, d_area, d_path, refused)
+    _refuse_duplicates_and_shadowed(paths, entry_area, kinds, names, e_dir, area_of_dir, d_path, refused)
     header = Header(seq, created, node, parent)
     return Manifest2(header, areas, packs, paths, entry_area, kinds, modes, sizes, mtimes, chunk_start, nchunks,
                      targets, sqlite, c_pack, c_off, c_len, c_sha, refused)
