@@ -96,8 +96,17 @@ def bench_params(mib: int) -> str:
     edits = [base[:s] + patch + base[s + len(patch):] for s in spots]
     inserts = [base[:s] + patch + base[s:] for s in spots]
     appended = base + patch
+    # an SQLite-like transaction: the header page (change counter) and four scattered 4 KiB pages
+    pages = len(base) // (4 * KiB)
+    txns = []
+    for _ in range(5):
+        b = bytearray(base)
+        for pg in [0] + [rng.randrange(pages) for _ in range(4)]:
+            b[pg * 4 * KiB:(pg + 1) * 4 * KiB] = rng.randbytes(4 * KiB)
+        txns.append(bytes(b))
     rows = []
     for mn, avg, mx, nc in [(64 * KiB, 256 * KiB, 1 * MiB, 1), (128 * KiB, 512 * KiB, 2 * MiB, 1),
+                            (128 * KiB, 512 * KiB, 2 * MiB, 2),
                             (256 * KiB, 1 * MiB, 4 * MiB, 1), (256 * KiB, 1 * MiB, 4 * MiB, 2),
                             (512 * KiB, 2 * MiB, 8 * MiB, 1), (1 * MiB, 4 * MiB, 16 * MiB, 1)]:
         p = C.Params(mn, avg, mx, nc)
@@ -115,14 +124,15 @@ def bench_params(mib: int) -> str:
 
         e = [new_mib(b) for b in edits]
         i = [new_mib(b) for b in inserts]
+        t = [new_mib(b) for b in txns]
         sizes = list(old.values())
         rows.append([f"{mn // KiB}K/{avg // KiB}K/{mx // KiB}K nc{nc}", str(len(old)),
                      f"{statistics.mean(sizes) / MiB:.2f}", f"{max(sizes) / MiB:.2f}",
                      f"{statistics.mean(e):.2f} / {max(e):.2f}", f"{new_mib(appended):.2f}",
-                     f"{statistics.mean(i):.2f} / {max(i):.2f}"])
+                     f"{statistics.mean(i):.2f} / {max(i):.2f}", f"{statistics.mean(t):.2f} / {max(t):.2f}"])
     return table(rows, ["min/avg/max", f"chunks in {mib} MiB", "mean MiB", "max MiB",
                         "new MiB after 4K overwrite (mean / max of 5)", "after 4K append",
-                        "after 4K insert (mean / max of 5)"])
+                        "after 4K insert (mean / max of 5)", "after a 5-page transaction (mean / max of 5)"])
 
 
 # -- 3. hashes -------------------------------------------------------------------------------------------
@@ -217,27 +227,116 @@ def bench_zstd(reps: int, mib: int) -> str:
     return table(rows, ["sample", "level", "ratio (orig/packed)", "compress MB/s", "decompress MB/s"])
 
 
+# -- 5. manifest decode: v1 (one object per entry) vs v2 (columns) --------------------------------------------
+
+_DECODE_CHILD = r"""
+import hashlib, json, resource, sys, time
+from fractfs.snapshot import format as v1, manifest2 as M
+version, path, reps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+blob = open(path, "rb").read()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cpu = []
+for _ in range(reps):
+    t = time.process_time()
+    if version == "1":
+        name = v1.SnapName(1, hashlib.sha256(blob).hexdigest())
+        m = v1.decode_manifest(name, blob)
+        n = len(m.entries)
+    else:
+        m = M.decode(blob, expect_seq=1)
+        n = len(m) - len(m.refused)
+    cpu.append(time.process_time() - t)
+    del m
+print(json.dumps({"cpu": sorted(cpu)[len(cpu) // 2], "n": n, "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "base_kib": base}))
+"""
+
+
+def manifest_entries(n: int) -> tuple[list[Any], list[Any]]:
+    """n small files, 50 per directory, three levels, each in a pack (as a checkpoint of a tree writes)."""
+    from fractfs.snapshot import format as v1
+    from fractfs.snapshot import manifest2 as M
+
+    e1, e2 = [], []
+    for i in range(n):
+        path = f"app/d{i // 2500:04d}/s{(i // 50) % 50:02d}/file-{i:07d}.dat"
+        size = 1024 + (i * 37) % 7000
+        digest = hashlib.sha256(i.to_bytes(8, "little")).hexdigest()
+        pack = hashlib.sha256(str(i // 4000).encode()).hexdigest()
+        off = (i % 4000) * 8192
+        mt = 1764107000123456789 + i
+        e1.append(v1.Entry("root", path, "file", 0o644, size, mt, digest, pack, off))
+        e2.append(M.Entry2("root", path, "f", 0o644, size, mt, None, False, (M.ChunkRef(pack, off, size, digest),)))
+    return e1, e2
+
+
+def bench_manifest(sizes: list[int], reps: int) -> str:
+    import subprocess
+    import sys
+
+    from fractfs.snapshot import format as v1
+    from fractfs.snapshot import manifest2 as M
+
+    rows = []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            e1, e2 = manifest_entries(n)
+            _, blob1 = v1.encode_manifest(v1.Manifest(seq=1, created_ns=0, node="n", parent=None, entries=e1))
+            blob2 = M.encode(M.Header(1, 0, "n", None), e2)
+            del e1, e2
+            res = {}
+            for ver, blob in (("1", blob1), ("2", blob2)):
+                path = os.path.join(tmp, f"m{ver}-{n}")
+                with open(path, "wb") as f:
+                    f.write(blob)
+            for ver, blob in (("1", blob1), ("2", blob2)):
+                out = subprocess.run([sys.executable, "-c", _DECODE_CHILD, ver, os.path.join(tmp, f"m{ver}-{n}"),
+                                      str(reps)], env=env, capture_output=True, text=True, check=True)
+                res[ver] = json.loads(out.stdout.strip().splitlines()[-1])
+                assert res[ver]["n"] == n, res[ver]
+                rows.append([f"{n:,}", f"v{ver}", f"{len(blob) / 1e6:.1f}", f"{res[ver]['cpu']:.2f}",
+                             f"{res[ver]['cpu'] / n * 1e6:.2f}",
+                             f"{(res[ver]['rss_kib'] - res[ver]['base_kib']) / 1024:.0f}",
+                             f"{res[ver]['rss_kib'] / 1024:.0f}"])
+            rows.append([f"{n:,}", "v2 / v1", f"{len(blob2) / len(blob1):.2f}x",
+                         f"{res['2']['cpu'] / res['1']['cpu']:.2f}x", "", "", ""])
+    return table(rows, ["entries", "format", "manifest MB", "decode CPU s (median)", "us/entry",
+                        "peak RSS growth MiB", "peak RSS MiB"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--mib", type=int, default=1024, help="in-memory buffer for chunker/hash speed")
     ap.add_argument("--edit-mib", type=int, default=256, help="file size for the edit/append/insert table")
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 MiB, 1 repetition")
+    ap.add_argument("--only", choices=["chunkers", "hashes", "params", "zstd", "manifest"], action="append",
+                    help="run only these sections (repeatable)")
     args = ap.parse_args(argv)
     if args.quick:
         args.reps, args.mib, args.edit_mib = 1, 64, 64
     shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
     print(f"Machine: {machine()}; load average at start {load()}; medians of {args.reps}\n")
-    data = rand(args.mib * MiB, 1)
-    say("chunkers ...")
-    print(bench_chunkers(data, args.reps, 4 if args.quick else 16), "\n")
-    say("hashes ...")
-    print(bench_hashes(data, args.reps, shm), "\n")
-    del data
-    say("chunk parameters ...")
-    print(bench_params(args.edit_mib), "\n")
-    say("zstd ...")
-    print(bench_zstd(args.reps, 8 if args.quick else 64), "\n")
+    want = set(args.only or ["chunkers", "hashes", "params", "zstd", "manifest"])
+    if want & {"chunkers", "hashes"}:
+        data = rand(args.mib * MiB, 1)
+        if "chunkers" in want:
+            say("chunkers ...")
+            print(bench_chunkers(data, args.reps, 4 if args.quick else 16), "\n")
+        if "hashes" in want:
+            say("hashes ...")
+            print(bench_hashes(data, args.reps, shm), "\n")
+        del data
+    if "params" in want:
+        say("chunk parameters ...")
+        print(bench_params(args.edit_mib), "\n")
+    if "zstd" in want:
+        say("zstd ...")
+        print(bench_zstd(args.reps, 8 if args.quick else 64), "\n")
+    if "manifest" in want:
+        say("manifests ...")
+        print(bench_manifest([10_000] if args.quick else [100_000, 1_000_000], 1 if args.quick else 3), "\n")
     print(f"load average at end {load()}")
     return 0
 
