@@ -2,7 +2,7 @@
 
 The boundaries are part of the on-store format -- two writers must cut the same bytes at the same places or
 nothing deduplicates -- so they follow one published algorithm exactly: FastCDC 2020 as implemented by the
-`fastcdc` Rust crate (module `v2020`) and by PyPI's `pyfastcdc`, with normalized chunking level 1, the gear
+`fastcdc` Rust crate (module `v2020`) and by PyPI's `pyfastcdc`, with normalized chunking level 2, the gear
 table derived from MD5 (below) and seed 0. When `pyfastcdc` (the `fast` extra) is installed its Cython code
 finds the cut points; otherwise a pure-Python implementation of the same rule does. Both produce identical
 boundaries (tests/test_chunker.py checks it on random data); the pure one is the readable reference.
@@ -45,8 +45,8 @@ def _derive_gear() -> tuple[int, ...]:
 
 GEAR: tuple[int, ...] = _derive_gear()
 
-#: The crate's normalized-chunking masks, by log2 of the size they aim for (format v2 uses 19 and 21; the
-#: small ones let tests exercise the rule on small inputs). Every mask's highest set bit is below bit 48.
+#: The crate's normalized-chunking masks, by log2 of the size they aim for (format v2 uses 17 and 21; the
+#: small ones let tests exercise the rule on small inputs).
 MASKS: dict[int, int] = {
     5: 0x0000000001804110, 6: 0x0000000001803110, 7: 0x0000000018035100, 8: 0x0000001800035300,
     9: 0x0000019000353000, 10: 0x0000590003530000, 11: 0x0000D90003530000, 12: 0x0000D90103530000,
@@ -87,9 +87,10 @@ class Params:
         return MASKS[self.avg_size.bit_length() - 1 - self.normalization]
 
 
-#: Format v2's chunking parameters (docs/format-v2-draft.md §2). Changing any of them changes every
-#: boundary, so it needs a new format version.
-FORMAT_PARAMS = Params(min_size=256 * KIB, avg_size=1 * MIB, max_size=4 * MIB, normalization=1)
+#: Format v2's chunking parameters (docs/format-v2-draft.md §2), chosen by benchmarks/v2_choices.py: a 5-page
+#: SQLite-like transaction costs ~2.8 MiB of new chunks (1 MiB average: ~6.6-7 MiB), ~1800 chunks per GiB.
+#: Changing any of them changes every boundary, so it needs a new format version.
+FORMAT_PARAMS = Params(min_size=128 * KIB, avg_size=512 * KIB, max_size=2 * MIB, normalization=2)
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -205,7 +206,7 @@ def chunks(source: Source, *, params: Params = FORMAT_PARAMS, native: Optional[b
     """Read ``source`` (a file descriptor or a binary file object) to its end, or ``limit`` bytes, and yield
     its chunks with their SHA-256, reading each byte from the source once.
 
-    Memory stays bounded (a buffer of 2 x ``max_size``, 8 MiB for v2) whatever the file size. Reading stops at
+    Memory stays bounded (a buffer of 2 x ``max_size``, 4 MiB for v2) whatever the file size. Reading stops at
     ``limit`` so a file that is being appended to can be captured up to the size its ``fstat`` showed.
     """
     global _warned_slow
