@@ -39,3 +39,22 @@ class CorruptCheckpointError(FractfsError):
 
 class RestoreError(FractfsError):
     """A restore could not complete (disk full, permission denied, ...); nothing half-written is left."""
+
+
+class SnapshotNotFound(CorruptCheckpointError, LookupError):
+    """A snapshot id (full id, sequence number, hash prefix or short form) matches no snapshot, or several.
+
+    Not damage: it subclasses CorruptCheckpointError only because ``restore(snapshot_id=...)`` and
+    ``verify`` raised that type for an unknown id before this class existed, and callers' except clauses
+    must keep catching it.
+    """
+
+
+class VolumeNotMounted(ProvisionError, StoreError):
+    """The configured Volume directory does not exist: not mounted, or a wrong path.
+
+    Raised before anything reads or writes it, because an unmounted Volume looks like an empty directory:
+    a restore would find nothing and checkpoints would land on node-local disk while claiming durability.
+    A ProvisionError (what ``init()`` raised for it) and a StoreError (what the ``fractfs`` command raised),
+    so existing except clauses of either kind still catch it.
+    """

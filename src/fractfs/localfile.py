@@ -1,7 +1,8 @@
-"""Node-local files: replacing a small one (stat cache, status, bundle list, journals) all at once, and
-removing one that may already be gone."""
+"""Node-local files: replacing a small one (stat cache, status, bundle list, journals) all at once,
+removing one that may already be gone, and hashing one."""
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -35,3 +36,14 @@ def unlink_if_present(path: str | os.PathLike[str]) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def hash_file(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """``(sha256 hexdigest, size in bytes)`` of the file at ``path``, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb", buffering=0) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
