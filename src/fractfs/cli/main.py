@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import traceback
@@ -86,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    handler = setup_logging(args)
+    undo_logging = setup_logging(args)
     out = Out(json_mode=bool(getattr(args, "json", False)), quiet=args.quiet, verbose=args.verbose)
     try:
         code: int = args.func(args, out)
@@ -125,4 +124,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out.error(f"unexpected {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)")
         return EXIT_PROBLEM
     finally:
-        logging.getLogger("fractfs").removeHandler(handler)
+        undo_logging()

@@ -27,12 +27,13 @@ class Out:
     """Everything the command prints goes through here: stdout for results, stderr for notes and errors."""
 
     def __init__(self, *, json_mode: bool, quiet: bool, verbose: bool,
-                 stdout: TextIO = sys.stdout, stderr: TextIO = sys.stderr):
+                 stdout: Optional[TextIO] = None, stderr: Optional[TextIO] = None):
         self.json_mode = json_mode
         self.quiet = quiet
         self.verbose = verbose
-        self.stdout = stdout
-        self.stderr = stderr
+        # the streams of the moment (not of import time), so a caller that redirects them is obeyed
+        self.stdout = stdout if stdout is not None else sys.stdout
+        self.stderr = stderr if stderr is not None else sys.stderr
 
     def line(self, text: str = "") -> None:
         """A result line (suppressed by --json, whose document is the result)."""
@@ -148,8 +149,9 @@ class LogFormatter(logging.Formatter):
         return text
 
 
-def setup_logging(args: argparse.Namespace) -> logging.Handler:
-    """Library logs to stderr at the level the global options ask for; the caller removes the handler."""
+def setup_logging(args: argparse.Namespace) -> Callable[[], None]:
+    """Library logs to stderr at the level the global options ask for. Returns the undo, which the entry
+    point calls when the command ends (main() may run inside another program, e.g. a test)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogFormatter())
     level = logging.WARNING
@@ -159,11 +161,18 @@ def setup_logging(args: argparse.Namespace) -> logging.Handler:
         level = logging.INFO
     elif args.quiet:
         level = logging.ERROR
+    previous = (log.level, log.propagate)
     log.setLevel(level)
     handler.setLevel(level)
     log.addHandler(handler)
     log.propagate = False
-    return handler
+
+    def undo() -> None:
+        log.removeHandler(handler)
+        log.setLevel(previous[0])
+        log.propagate = previous[1]
+
+    return undo
 
 
 @contextlib.contextmanager
