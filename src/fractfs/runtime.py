@@ -31,6 +31,7 @@ from .errors import CheckpointAborted as CheckpointAborted  # re-exported: older
 from .errors import FractfsError, ProvisionError
 from .lease import Lease, LeaseKeeper
 from .localfile import write_replace
+from .report import STATUS_FILE, iso_utc
 from .selection import Selection, areas_for, detect_bundle, save_bundle
 from .tiers import Tier, TierResolver
 
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fractfs")
 
 _SignalHandler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
-STATUS_FILE = "status.json"
 #: Below this much time left, the final checkpoint is not even started (only the lease is released).
 MIN_FINAL = 0.3
 #: A checkpoint held back (see Checkpointer.run) is retried this soon.
@@ -49,11 +49,6 @@ RETRY_SOON = 1.0
 MANUAL = "manual"
 
 
-def iso_utc(ts: Optional[float]) -> Optional[str]:
-    """A Unix time as ISO 8601 UTC (as status() and the CLI show times), None for None."""
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 class Runtime:
@@ -93,22 +88,13 @@ class Runtime:
             log.info("fractfs: no volume configured (set fractfs_VOLUME_ROOT or volume_root): passthrough "
                      "mode, nothing is provisioned or checkpointed; root %s", cfg.root)
             return
-        from .stores import open_store
+        from .stores.open import check_volume_mounted, open_store
 
-        if cfg.is_posix_store and cfg.volume_root is not None:
-            # An unmounted Volume looks like an empty directory (or none at all): restoring from it would
-            # find nothing and checkpoints would fill node-local disk while claiming durability. Refuse.
-            vol = Path(cfg.volume_root)
-            if not vol.is_dir():
-                raise ProvisionError(
-                    f"Volume root {vol} ({cfg.sources.get('volume_root', 'volume_root')}) does not exist or is "
-                    "not a directory; mount the Volume there or fix fractfs_VOLUME_ROOT. fractfs does not "
-                    "create it, so an unmounted Volume never silently becomes local disk"
-                )
+        check_volume_mounted(cfg)  # before provisioning links anything to it
         if cfg.dirs:
             self.report = _provision.provision(cfg, self.resolver, force=force)
             self.warnings.extend(self.report.warnings)
-        self.store = open_store(cfg.checkpoint_location or "", backend=cfg.backend)
+        self.store = open_store(cfg)
         from .snapshot import catalog
 
         # Take the lease (or learn who has it) before restoring: a node that holds it knows nobody else is
