@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from .errors import ConfigError
-from .tiers import unusable_pattern
+from .patterns import unusable_pattern
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -273,16 +273,22 @@ def _check_relpath(value: str, where: str) -> str:
     return norm
 
 
-def _inside(child: Path, parent: Path) -> bool:
+def is_within(child: Path, parent: Path) -> bool:
+    """``child`` is ``parent`` or below it, compared by path components (``/a/bc`` is not inside ``/a/b``)."""
     return child == parent or parent in child.parents
 
 
-def _real(path: Path) -> Path:
-    # resolve() follows symlinks that exist and leaves the rest lexical; good enough to compare locations
+def real_path(path: Path) -> Path:
+    """``path`` with the symlinks that exist followed, the rest kept lexical: to compare locations."""
     try:
         return path.resolve()
     except (OSError, RuntimeError):
         return Path(os.path.abspath(path))
+
+
+# The names ops.py imported before these became public; kept until it switches to the public ones.
+_inside = is_within
+_real = real_path
 
 
 def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, str]] = None) -> Config:
@@ -523,28 +529,28 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
         )
 
     # -- locations must not nest in ways that loop data back on itself
-    root_real = _real(root_path)
+    root_real = real_path(root_path)
     if volume_root is not None and backend in ("volumes", "local"):
-        vol_real = _real(Path(volume_root))
-        if _inside(vol_real, root_real):
+        vol_real = real_path(Path(volume_root))
+        if is_within(vol_real, root_real):
             raise ConfigError(f"{where('volume_root')} = {volume_root!r} is inside the app root {root_path}; "
                               "the Volume must be outside the tree it stores")
-        if _inside(root_real, vol_real):
+        if is_within(root_real, vol_real):
             raise ConfigError(f"{where('volume_root')} = {volume_root!r} contains the app root {root_path}; "
                               "the app root must be node-local, outside the Volume")
-        if _inside(_real(scratch), vol_real):
+        if is_within(real_path(scratch), vol_real):
             raise ConfigError(f"{where('scratch')} = {str(scratch)!r} is inside the Volume {volume_root}; "
                               "scratch must be node-local")
-    if dirs_root is not None and _inside(_real(dirs_root), root_real):
+    if dirs_root is not None and is_within(real_path(dirs_root), root_real):
         raise ConfigError(f"{where('dirs_root')} = {str(dirs_root)!r} is inside the app root {root_path}")
-    if dirs_root is not None and _inside(_real(scratch), _real(dirs_root)):
+    if dirs_root is not None and is_within(real_path(scratch), real_path(dirs_root)):
         raise ConfigError(f"{where('scratch')} = {str(scratch)!r} is inside the Volume {dirs_root}; "
                           "scratch must be node-local")
     for d in dirs:
-        if _inside(scratch, root_path / d) or _inside(_real(scratch), _real(root_path / d)):
+        if is_within(scratch, root_path / d) or is_within(real_path(scratch), real_path(root_path / d)):
             raise ConfigError(f"{where('scratch')} = {str(scratch)!r} is inside the [dirs] directory {d!r}, "
                               "which lives on the Volume; scratch must be node-local")
-    if _inside(root_real, _real(scratch)):
+    if is_within(root_real, real_path(scratch)):
         raise ConfigError(f"{where('scratch')} = {str(scratch)!r} contains the app root {root_path}; "
                           "use a dedicated directory")
 
