@@ -254,3 +254,57 @@ def test_config_is_frozen(app: Path) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.sync_interval = 1  # type: ignore[misc]
     assert os.fspath(cfg.root) == str(app)
+
+
+# -- the S3 fast-path switch: a setting like the others, read nowhere else --------------------------------
+@pytest.mark.parametrize("prefix", ["fractfs_", "FRACTFS_"])
+def test_s3_fast_path_from_env_and_toml(app: Path, prefix: str) -> None:
+    cfg = load_config(app, env={})
+    assert cfg.s3_fast_path is True and cfg.warnings == ()
+    cfg = load_config(app, env={prefix + "S3_FAST_PATH": "off"})
+    assert cfg.s3_fast_path is False and cfg.sources["s3_fast_path"] == f"env {prefix}S3_FAST_PATH"
+    assert cfg.warnings == ()  # a known variable: no "not a fractfs setting" warning
+    write(app, "s3_fast_path = false\n")
+    assert load_config(app, env={}).s3_fast_path is False
+    assert load_config(app, env={prefix + "S3_FAST_PATH": "1"}).s3_fast_path is True  # the environment wins
+
+
+@pytest.mark.parametrize(
+    "env,source,pattern",
+    [
+        ({"FRACTFS_S3_FAST_PATH": "maybe"}, None,
+         r"environment variable FRACTFS_S3_FAST_PATH = 'maybe': expected true or false"),
+        ({"fractfs_S3_FAST_PATH": ""}, None, r"environment variable fractfs_S3_FAST_PATH = '': expected true"),
+        ({"fractfs_S3_FAST_PATH": "0", "FRACTFS_S3_FAST_PATH": "1"}, None, r"disagree"),
+        ({}, 's3_fast_path = "fast"\n', r"\.fractfs\.toml: s3_fast_path = 'fast': expected true or false"),
+    ],
+)
+def test_s3_fast_path_bad_values_name_the_variable(app: Path, env: dict[str, str], source: str | None,
+                                                   pattern: str) -> None:
+    if source is not None:
+        write(app, source)
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(app, env=env)
+
+
+def _botocore_puts(store: object) -> list[str]:
+    """Record the PutObject requests that go through botocore (the slow path) from now on."""
+    seen: list[str] = []
+    client = store.fs.s3  # type: ignore[attr-defined]  # s3fs's botocore client, created by the first call
+    client.meta.events.register("before-send.s3.PutObject", lambda request, **_: seen.append(request.url))
+    return seen
+
+
+@pytest.mark.parametrize("value,via_botocore", [("1", 0), ("0", 1)])
+def test_s3_fast_path_setting_reaches_the_store(app: Path, s3_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                value: str, via_botocore: int) -> None:
+    from fractfs.stores import open_store
+
+    cfg = load_config(app, env={"fractfs_VOLUME_ROOT": s3_url, "FRACTFS_S3_FAST_PATH": value})
+    # the store no longer reads the variable itself: the opposite value in the process environment is ignored
+    monkeypatch.setenv("FRACTFS_S3_FAST_PATH", "0" if value == "1" else "1")
+    store = open_store(cfg.checkpoint_location or "", backend=cfg.backend, fast_path=cfg.s3_fast_path)
+    store.put("first", b"1")
+    seen = _botocore_puts(store)
+    store.put("second", b"2")
+    assert len(seen) == via_botocore and store.get("second") == b"2"

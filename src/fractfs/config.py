@@ -55,6 +55,9 @@ class Config:
     sync_mode: str = "watch"
     grace: float = 8.0
     lease_timeout: float = 30.0              #: seconds without a heartbeat before another node takes over
+    #: S3 PUT/GET through fractfs' lean signed-request client (stores/_s3fast.py) rather than botocore; off
+    #: sends everything through s3fs (for an endpoint the lean client cannot talk to)
+    s3_fast_path: bool = True
     dirs: tuple[str, ...] = ()               #: normalized relative POSIX paths, e.g. "data/blobs"
     local_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
@@ -139,10 +142,11 @@ _SCALARS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "sync_mode": ("str", ("SYNC_MODE",), ()),
     "grace": ("seconds", ("GRACE",), ()),
     "lease_timeout": ("seconds", ("LEASE_TIMEOUT",), ()),
+    "s3_fast_path": ("bool", ("S3_FAST_PATH",), ()),
 }
 _TABLES = {"dirs": "paths", "local": "patterns", "ignore": "patterns"}
-#: variables read elsewhere (root discovery, the S3 fast path switch in stores/fsspec.py)
-_ENV_ONLY = {"ROOT", "S3_FAST_PATH"}
+#: variables that are not settings of their own (the root is where the settings are read from)
+_ENV_ONLY = {"ROOT"}
 
 
 def find_root(start: Optional[Path] = None) -> Path:
@@ -573,6 +577,7 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
         sync_mode=sync_mode,
         grace=grace,
         lease_timeout=lease_timeout,
+        s3_fast_path=bool(values.get("s3_fast_path", True)),
         dirs=tuple(dirs),
         local_patterns=string_list("local"),
         ignore_patterns=string_list("ignore"),

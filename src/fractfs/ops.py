@@ -67,7 +67,7 @@ def open_checked_store(config: Config) -> Store:
     from .stores import open_store
 
     try:
-        return open_store(config.checkpoint_location, backend=config.backend)
+        return open_store(config.checkpoint_location, backend=config.backend, fast_path=config.s3_fast_path)
     except ImportError as exc:  # an optional backend dependency (s3fs, databricks-sdk) is missing
         extra = "databricks" if config.backend == "databricks" else "s3"
         raise StoreError(f"backend {config.backend!r} needs {exc.name or 'an extra package'}: "

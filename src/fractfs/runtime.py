@@ -254,7 +254,7 @@ class Runtime:
         if cfg.dirs:
             self.report = _provision.provision(cfg, self.resolver, force=force)
             self.warnings.extend(self.report.warnings)
-        self.store = open_store(cfg.checkpoint_location or "", backend=cfg.backend)
+        self.store = open_store(cfg.checkpoint_location or "", backend=cfg.backend, fast_path=cfg.s3_fast_path)
         from .snapshot import catalog
 
         # Take the lease (or learn who has it) before restoring: a node that holds it knows nobody else is

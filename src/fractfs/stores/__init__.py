@@ -31,7 +31,8 @@ __all__ = [
 ]
 
 
-def open_store(location: str, *, backend: str | None = None, transfers: int = 16) -> Store:
+def open_store(location: str, *, backend: str | None = None, transfers: int = 16,
+               fast_path: bool = True) -> Store:
     """The store for ``location``.
 
     ``backend`` is the configured backend name (``volumes``/``local``/``s3``/``databricks``):
@@ -40,6 +41,8 @@ def open_store(location: str, *, backend: str | None = None, transfers: int = 16
     - ``volumes`` with a ``/Volumes/...`` path that is not mounted here → the Files API as well: a Databricks
       App container reaches Unity Catalog Volumes over REST, not necessarily through a FUSE mount;
     - otherwise the location decides: ``scheme://...`` → :class:`FsspecStore`, a path → :class:`PosixStore`.
+
+    ``fast_path`` is ``Config.s3_fast_path``, handed to :class:`FsspecStore` (it matters for S3 only).
     """
     if not location:
         raise ValueError("open_store: empty location; set fractfs_VOLUME_ROOT (a mounted path or a URL)")
@@ -48,7 +51,7 @@ def open_store(location: str, *, backend: str | None = None, transfers: int = 16
     if backend == "volumes" and location.startswith("/Volumes/") and not _mounted_volume(location):
         return _files_api(location, transfers, "/Volumes is not mounted here")
     if "://" in location:
-        return FsspecStore(location)
+        return FsspecStore(location, fast_path=fast_path)
     return PosixStore(location)
 
 
