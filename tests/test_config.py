@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -308,3 +309,57 @@ def test_s3_fast_path_setting_reaches_the_store(app: Path, s3_url: str, monkeypa
     seen = _botocore_puts(store)
     store.put("second", b"2")
     assert len(seen) == via_botocore and store.get("second") == b"2"
+
+
+# -- what provisioning trusts the config to have refused (provision/ no longer checks these itself) -------
+def _symlink_on_the_way(app: Path, tmp: Path) -> None:
+    (tmp / "elsewhere").mkdir()
+    os.symlink(tmp / "elsewhere", app / "link")
+
+
+TRUSTED = [
+    # (id, [dirs] paths, env given (app, tmp), setup, message)
+    ("scratch-inside-local-dirs", ["data"],
+     lambda a, t: {"fractfs_VOLUME_ROOT": str(t / "vol"), "fractfs_SCRATCH": str(a / "data" / "s")}, None,
+     r"fractfs_SCRATCH = .* is inside the \[dirs\] directory 'data'"),
+    ("scratch-inside-volume-dirs", ["data"],
+     lambda a, t: {"fractfs_VOLUME_ROOT": str(t / "vol"), "fractfs_SCRATCH": str(t / "vol" / "data" / "s")},
+     None, r"fractfs_SCRATCH = .* is inside the Volume"),
+    ("volume-inside-app-root", ["data"], lambda a, t: {"fractfs_VOLUME_ROOT": str(a / "vol")}, None,
+     r"fractfs_VOLUME_ROOT = .* is inside the app root"),
+    ("dirs-root-inside-app-root", ["data"],
+     lambda a, t: {"fractfs_VOLUME_ROOT": "s3://b/app", "fractfs_DIRS_ROOT": str(a / "mnt")}, None,
+     r"fractfs_DIRS_ROOT = .* is inside the app root"),
+    ("app-root-inside-its-own-volume-dir", ["app"],
+     lambda a, t: {"fractfs_VOLUME_ROOT": "s3://b/app", "fractfs_DIRS_ROOT": str(a.parent)}, None,
+     r"fractfs_DIRS_ROOT = .* puts the \[dirs\] directory 'app' at .*, which contains its own link"),
+    ("dirs-on-the-checkpoint-area", ["_checkpoint"], lambda a, t: {"fractfs_VOLUME_ROOT": str(t / "vol")},
+     None, r"collides with the checkpoint area"),
+    ("dirs-through-a-symlink", ["link/x"], lambda a, t: {"fractfs_VOLUME_ROOT": str(t / "vol")},
+     _symlink_on_the_way, r"goes through .*link, which is a symlink"),
+    ("dirs-without-posix-volume", ["data"], lambda a, t: {"fractfs_VOLUME_ROOT": "s3://b/app"}, None,
+     r"\[dirs\]\.paths needs a POSIX path for the Volume.*dirs_root"),
+]
+
+
+@pytest.mark.parametrize("case", TRUSTED, ids=[c[0] for c in TRUSTED])
+def test_layouts_provisioning_trusts_the_config_to_refuse(tmp_path: Path, case: tuple[Any, ...]) -> None:
+    """provision() once re-checked each of these itself; now load_config is the one place that refuses them
+    (and provisioning never sees such a Config)."""
+    _id, dirs, env, setup, pattern = case
+    app = tmp_path / "apps" / "app"
+    app.mkdir(parents=True)
+    write(app, "[dirs]\npaths = [" + ", ".join(f'"{d}"' for d in dirs) + "]\n")
+    if setup is not None:
+        setup(app, tmp_path)
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(app, env=env(app, tmp_path))
+
+
+def test_app_root_on_the_dirs_mount_is_accepted_when_nothing_overlaps(tmp_path: Path) -> None:
+    # the overlap refusal above is exact: an app root elsewhere on the same mount keeps working as before
+    app = tmp_path / "mnt" / "app"
+    app.mkdir(parents=True)
+    write(app, '[dirs]\npaths = ["data"]\n')
+    cfg = load_config(app, env={"fractfs_VOLUME_ROOT": "s3://b/app", "fractfs_DIRS_ROOT": str(tmp_path / "mnt")})
+    assert cfg.dirs == ("data",) and cfg.dirs_root == tmp_path / "mnt"
