@@ -363,3 +363,12 @@ def test_app_root_on_the_dirs_mount_is_accepted_when_nothing_overlaps(tmp_path: 
     write(app, '[dirs]\npaths = ["data"]\n')
     cfg = load_config(app, env={"fractfs_VOLUME_ROOT": "s3://b/app", "fractfs_DIRS_ROOT": str(tmp_path / "mnt")})
     assert cfg.dirs == ("data",) and cfg.dirs_root == tmp_path / "mnt"
+
+
+def test_a_provisioned_dirs_link_is_not_an_overlap(app: Path, tmp_path: Path) -> None:
+    # after init() root/data is the link to VOL/data: following it must not read as "root inside the Volume"
+    vol = tmp_path / "vol"
+    (vol / "data").mkdir(parents=True)
+    os.symlink(vol / "data", app / "data")
+    write(app, '[dirs]\npaths = ["data"]\n')
+    assert load_config(app, env={"fractfs_VOLUME_ROOT": str(vol)}).dirs == ("data",)

@@ -551,9 +551,10 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
         raise ConfigError(f"{where('scratch')} = {str(scratch)!r} is inside the Volume {dirs_root}; "
                           "scratch must be node-local")
     for d in dirs:
+        # the link root/<d> inside its own target would loop every write. Not root/<d> resolved: once
+        # provisioned it is that link, and resolves to its target by design.
         if dirs_root is not None and (is_within(root_path / d, dirs_root / d)
-                                      or is_within(real_path(root_path / d), real_path(dirs_root / d))):
-            # the link root/<d> would live inside its own target: every write through it loops
+                                      or is_within(root_real / d, real_path(dirs_root) / d)):
             raise ConfigError(f"{where('dirs_root')} = {str(dirs_root)!r} puts the [dirs] directory {d!r} at "
                               f"{dirs_root / d}, which contains its own link {root_path / d}; the app root must "
                               "be node-local, outside the Volume")
