@@ -57,14 +57,16 @@ def open_store(config: Config) -> Store:
     from .. import stores
 
     try:
-        return stores.open_store(config.checkpoint_location, backend=config.backend)
+        return stores.open_store(config.checkpoint_location, backend=config.backend,
+                                 fast_path=config.s3_fast_path)
     except ImportError as exc:
         extra = "databricks" if config.backend == "databricks" else "s3"
         raise StoreError(f"backend {config.backend!r} needs {exc.name or 'an extra package'}: "
                          f"pip install 'fractfs[{extra}]'") from exc
 
 
-def open_location(location: str, *, backend: str | None = None, transfers: int = 16) -> Store:
+def open_location(location: str, *, backend: str | None = None, transfers: int = 16,
+                  fast_path: bool = True) -> Store:
     """The store for ``location`` (exported as ``fractfs.stores.open_store``).
 
     ``backend`` is the configured backend name (``volumes``/``local``/``s3``/``databricks``):
@@ -73,6 +75,8 @@ def open_location(location: str, *, backend: str | None = None, transfers: int =
     - ``volumes`` with a ``/Volumes/...`` path that is not mounted here → the Files API as well: a Databricks
       App container reaches Unity Catalog Volumes over REST, not necessarily through a FUSE mount;
     - otherwise the location decides: ``scheme://...`` → :class:`FsspecStore`, a path → :class:`PosixStore`.
+
+    ``fast_path`` is ``Config.s3_fast_path``, handed to :class:`FsspecStore` (it matters for S3 only).
     """
     if not location:
         raise ValueError("open_store: empty location; set fractfs_VOLUME_ROOT (a mounted path or a URL)")
@@ -81,7 +85,7 @@ def open_location(location: str, *, backend: str | None = None, transfers: int =
     if backend == "volumes" and location.startswith("/Volumes/") and not _mounted_volume(location):
         return _files_api(location, transfers, "/Volumes is not mounted here")
     if "://" in location:
-        return FsspecStore(location)
+        return FsspecStore(location, fast_path=fast_path)
     return PosixStore(location)
 
 
