@@ -22,7 +22,6 @@ from fractfs.report import (
     PersistedStatus,
     Status,
     human_bytes,
-    lease_state,
     offline_status,
     process_alive,
     read_app_status,
@@ -85,12 +84,13 @@ def _record(**kw: Any) -> LeaseRecord:
 
 
 def test_lease_state_boundaries() -> None:
+    """The status report judges a lease read once by LeaseRecord.state (30 s timeout + 120 s skew)."""
     rec = _record()
-    assert lease_state(rec, 1000.0 + 30.0, 120.0) == "live"
-    assert lease_state(rec, 1000.0 + 30.1, 120.0) == "uncertain"
-    assert lease_state(rec, 1000.0 + 150.0, 120.0) == "uncertain"
-    assert lease_state(rec, 1000.0 + 150.1, 120.0) == "stale"
-    assert lease_state(_record(released=True), 1000.0, 120.0) == "free"
+    assert rec.state(1000.0 + 30.0) == "live"
+    assert rec.state(1000.0 + 30.1) == "uncertain"
+    assert rec.state(1000.0 + 150.0) == "uncertain"
+    assert rec.state(1000.0 + 150.1) == "stale"
+    assert _record(released=True).state(1000.0) == "free"
 
 
 def test_read_lease_from_a_real_store(tmp_path: Path) -> None:

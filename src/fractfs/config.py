@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from .errors import ConfigError
+from .errors import ConfigError, FractfsError
 from .patterns import unusable_pattern
 
 if sys.version_info >= (3, 11):
@@ -289,10 +289,6 @@ def real_path(path: Path) -> Path:
     except (OSError, RuntimeError):
         return Path(os.path.abspath(path))
 
-
-# The names ops.py imported before these became public; kept until it switches to the public ones.
-_inside = is_within
-_real = real_path
 
 
 def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, str]] = None) -> Config:
@@ -591,3 +587,29 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
         warnings=tuple(warnings),
         sources=sources,
     )
+
+
+def relpath_for(config: Config, path: "str | os.PathLike[str]") -> str:
+    """App-relative POSIX path for ``path`` (absolute under the root or scratch, or relative to the root)."""
+    p = Path(os.fspath(path))
+    if not p.is_absolute():
+        rel = os.path.normpath(p.as_posix())
+        if rel == ".":
+            return ""
+        if rel == ".." or rel.startswith("../"):
+            raise FractfsError(f"{path}: outside the app root {config.root}")
+        return Path(rel).as_posix()
+    absp = Path(os.path.abspath(p))
+    for base in (config.root, config.scratch):
+        if absp == base:
+            return ""
+        if base in absp.parents:
+            return absp.relative_to(base).as_posix()
+    if config.dirs_root is not None:
+        for d in config.dirs:
+            try:
+                rest = absp.relative_to(config.dirs_root / d)
+            except ValueError:
+                continue
+            return (Path(d) / rest).as_posix()
+    raise FractfsError(f"{path}: outside the app root {config.root}")

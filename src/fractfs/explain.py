@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import Config
+from .config import Config, relpath_for
 from .errors import FractfsError
 from .layout import pin_for, pin_in_place
 from .provision import Capabilities, Pin, plan_pins, probe_volume
@@ -70,9 +70,6 @@ class Explainer:
     def relpath(self, arg: str) -> str:
         """App-relative path for a command-line argument: absolute, or relative to the current directory
         when that is inside the app (like git), else relative to the app root."""
-        # REWIRE (lead): relpath_for lives in runtime today; it belongs with the config's paths
-        from .runtime import relpath_for
-
         p = Path(arg)
         if not p.is_absolute():
             cwd = Path(os.path.abspath(os.getcwd()))

@@ -22,7 +22,6 @@ from .tiers import TierResolver
 
 if TYPE_CHECKING:  # the stores package imports fsspec machinery; `fractfs --help` should not pay for it
     from .config import Config
-    from .lease import LeaseRecord
     from .stores.base import Store
 
 log = logging.getLogger("fractfs")
@@ -236,26 +235,6 @@ def read_app_status(config: Config) -> Optional[AppView]:
 # The lease, read from the store (owned by fractfs.lease; never taken or renewed here)
 
 
-def lease_state(rec: LeaseRecord, now: float, skew: float) -> str:
-    """``free``, ``live``, ``uncertain`` or ``stale`` for a lease record read once at wall time ``now``.
-
-    REWIRE (lead, issue 10): this is the one place outside fractfs.lease that judges a lease; point it at
-    ``LeaseRecord.state(now)`` once that exists, and delete this body.
-
-    The lease module judges staleness by watching the heartbeat change for ``timeout`` seconds; a one-shot
-    command cannot wait that long, so this goes by the holder's own heartbeat time: ``live`` within
-    ``timeout``, ``uncertain`` up to the clock-skew allowance the lease module itself grants, then ``stale``.
-    """
-    if rec.released:
-        return "free"
-    age = now - rec.time
-    if age <= rec.timeout:
-        return "live"
-    if age <= rec.timeout + skew:
-        return "uncertain"
-    return "stale"
-
-
 def read_lease(store: Optional[Store], *, now: Optional[float] = None) -> Optional[LeaseView]:
     """The single-writer lease on ``store``, or None when there is none (or no store)."""
     if store is None:
@@ -264,12 +243,10 @@ def read_lease(store: Optional[Store], *, now: Optional[float] = None) -> Option
 
     now = time.time() if now is None else now
     try:
-        gens = sorted(g for g in (_lease.parse_generation(k) for k, _size in store.list(_lease.PREFIX))
-                      if g is not None)
-        if not gens:
+        found = _lease.newest(store)
+        if found is None:
             return None
-        key = _lease.lease_key(gens[-1])
-        rec = _lease.LeaseRecord.decode(store.get(key))
+        key, rec = found
     except StoreNotFound:
         return None  # released and cleaned up between the listing and the read
     except FractfsError as exc:
@@ -277,7 +254,7 @@ def read_lease(store: Optional[Store], *, now: Optional[float] = None) -> Option
     if rec is None:
         return {"state": "unknown", "holder": None, "key": key, "error": "the lease object is unreadable "
                 "(being written, or from a newer fractfs)", "blocks_writers": True}
-    state = lease_state(rec, now, _lease.MAX_CLOCK_SKEW)
+    state = rec.state(now)  # the one judgement of a lease read once (fractfs.lease)
     return {
         "state": state,
         "holder": rec.node,

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
-# REWIRE (lead): the config helper makes these public as config.is_within / config.real_path
-from .config import Config, _inside, _real
+from .config import Config, is_within, real_path
 from .localfile import hash_file
 from .selection import areas_for
 
@@ -43,7 +42,7 @@ def restore_target_problem(config: Config, to: Path) -> Optional[str]:
         places.append((Path(config.checkpoint_location), f"the checkpoint area {config.checkpoint_location}",
                        "the restored files would be mixed into the checkpoint store"))
     for base, what, why in places:
-        if any(_inside(t, b) for t in (lexical, _real(lexical)) for b in (base, _real(base))):
+        if any(is_within(t, b) for t in (lexical, real_path(lexical)) for b in (base, real_path(base))):
             return f"--to {to} is inside {what}: {why}. Restore into a directory outside it"
     return None
 

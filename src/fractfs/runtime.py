@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from . import provision as _provision
 from .checkpointer import Checkpointer, CheckpointStats, options_for, status_fields
 from .config import Config, load_config
+from .config import relpath_for as relpath_for  # re-exported: it lived here before
 from .daemon import SyncDaemon
 from .errors import CheckpointAborted as CheckpointAborted  # re-exported: older callers import it from here
-from .errors import FractfsError, ProvisionError
+from .errors import FractfsError
 from .lease import Lease, LeaseKeeper
 from .localfile import write_replace
 from .report import STATUS_FILE, iso_utc
@@ -525,32 +526,6 @@ def _join_app_threads() -> None:
         if t is me or t.daemon or t in workers or t is threading.main_thread():
             continue
         t.join()
-
-
-def relpath_for(config: Config, path: Union[str, "os.PathLike[str]"]) -> str:
-    """App-relative POSIX path for ``path`` (absolute under the root or scratch, or relative to the root)."""
-    p = Path(os.fspath(path))
-    if not p.is_absolute():
-        rel = os.path.normpath(p.as_posix())
-        if rel == ".":
-            return ""
-        if rel == ".." or rel.startswith("../"):
-            raise FractfsError(f"{path}: outside the app root {config.root}")
-        return Path(rel).as_posix()
-    absp = Path(os.path.abspath(p))
-    for base in (config.root, config.scratch):
-        if absp == base:
-            return ""
-        if base in absp.parents:
-            return absp.relative_to(base).as_posix()
-    if config.dirs_root is not None:
-        for d in config.dirs:
-            try:
-                rest = absp.relative_to(config.dirs_root / d)
-            except ValueError:
-                continue
-            return (Path(d) / rest).as_posix()
-    raise FractfsError(f"{path}: outside the app root {config.root}")
 
 
 def load(root: Optional[Union[str, "os.PathLike[str]"]]) -> Config:

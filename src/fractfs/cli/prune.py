@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from typing import Any
 
 from ..report import human_bytes, read_raw_app_status
 from ..snapshot.format import short_id
-from .common import check_lease, config_of, store_of
+from .common import check_lease, config_of, node_id, store_of
 from .exitcodes import EXIT_OK, EXIT_PROBLEM, UsageError
 from .output import Out, library_quiet, plural
 
@@ -26,8 +25,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: Out) -> int:
     from .. import snapshot
-    # REWIRE (lead): a private name of the engine; the core helper's statcache/checkpointer owns this lock
-    from ..snapshot.engine import _StateLock
+    from ..checkpointer import exclusive_lease
+    from ..snapshot.statcache import StateLock
 
     cfg = config_of(args)
     keep = args.keep if args.keep is not None else cfg.keep_snapshots
@@ -36,22 +35,26 @@ def run(args: argparse.Namespace, out: Out) -> int:
     store = store_of(cfg)
     if not args.dry_run:
         check_lease(store, force=args.force, action="prune while that node may be checkpointing")
-    state = cfg.state_dir
-    lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
-    if not args.dry_run and state.parent.is_dir():
-        # a checkpoint by the app on this node holds this lock: its new objects are unreferenced until its
-        # manifest lands, so prune must not run in the middle of one
-        state.mkdir(parents=True, exist_ok=True)
-        lock = _StateLock(state)
+    held = contextlib.ExitStack()
+    if not args.dry_run:
+        # hold the lease while deleting: a checkpoint elsewhere (the app, `fractfs sync`) cannot be between
+        # uploading its objects and committing the manifest that references them
+        held.enter_context(exclusive_lease(store, node_id(), cfg.lease_timeout, force=args.force))
+        state = cfg.state_dir
+        if state.parent.is_dir():
+            # a checkpoint by the app on this node holds this lock: its new objects are unreferenced until its
+            # manifest lands, so prune must not run in the middle of one
+            state.mkdir(parents=True, exist_ok=True)
+            held.enter_context(StateLock(state))
     # the newest snapshot this node's app knows: a store listing that does not show it yet is stale, and
     # pruning against it would delete blobs that snapshot needs
     app = read_raw_app_status(cfg)
     known = app.get("last_snapshot_id") if app is not None else None
-    with lock, library_quiet(args):
+    with held, library_quiet(args):
         res = snapshot.prune(store, keep, dry_run=args.dry_run,
                              newest_known=known if isinstance(known, str) else None)
     if res.stale_listing:
-        out.note(f"fractfs: the store does not list snapshot {known} yet (stale listing); nothing was pruned, "
+        out.note(f"the store does not list snapshot {known} yet (stale listing); nothing was pruned, "
                  "try again later")
         return EXIT_PROBLEM
     if out.json_mode:

@@ -23,7 +23,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: Out) -> int:
     from .. import snapshot
-    from ..selection import Selection, areas_for, bundle_for
+    from ..checkpointer import one_shot
+    from ..selection import Selection, bundle_for
     from ..tiers import TierResolver
 
     cfg = config_of(args)
@@ -34,13 +35,10 @@ def run(args: argparse.Namespace, out: Out) -> int:
     if bundle.source == "detected":
         out.note(f"no deploy bundle recorded on this node; leaving out the {len(bundle.files)} files that no "
                  "snapshot knows, as init() would")
-    # REWIRE (lead): the core helper's Checkpointer is the one checkpoint path (lease + fencing); this still
-    # calls the engine directly, under the lease check above, as before issue 10.
-    res = snapshot.checkpoint(
-        store, areas_for(cfg), Selection(cfg, resolver, bundle.files), state_dir=cfg.state_dir,
-        content_hash=cfg.content_hash or args.content_hash, node_id=node_id(),
-        transfers=cfg.transfers, keep=cfg.keep_snapshots,
-    )
+    # the same prepare -> fence -> commit as the app, holding the lease for the whole run: a concurrent prune
+    # elsewhere cannot delete what this run is about to commit (a pre-check above gave the friendlier message)
+    res = one_shot(cfg, store, Selection(cfg, resolver, bundle.files), node_id=node_id(), force=args.force,
+                   content_hash=cfg.content_hash or args.content_hash)
     stored = [app_path(p) for p in res.stored]
     if out.json_mode:
         out.json({"snapshot_id": res.snapshot_id, "parent": res.parent, "stored": stored,

@@ -9,7 +9,7 @@ One module per concept:
 * :mod:`.report`, :mod:`.fsops` — the report it returns and the small filesystem steps they share.
 
 Provisioning trusts its :class:`~fractfs.config.Config`: whatever :func:`~fractfs.config.load_config`
-refuses is not checked again here (see docs/architecture-config.md).
+refuses is not checked again here (see docs/architecture.md).
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..config import is_within
 from ..errors import ProvisionError
-from ..localfile import write_replace
+from ..localfile import hash_file, write_replace
 from .fsops import describe, fsync_dir, mkdirs, remove_empty_tree, unlink_quietly, unlink_synced
 from .pins import Pin
 from .probe import Capabilities
@@ -376,16 +376,6 @@ def copy_bytes(src: Path, dst: Path, size: int) -> str:
         raise ProvisionError(f"{src} shrank while fractfs was moving it; stop writers to it during "
                              f"fractfs.init() and retry.")
     return digest.hexdigest()
-
-
-def hash_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def same_content(a: Path, b: Path) -> bool:
