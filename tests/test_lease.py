@@ -184,3 +184,108 @@ def test_describe_for_a_standby_node(store: PosixStore) -> None:
     d = b.describe()
     assert d["holder_heartbeat_age"] == 3 and d["key"] == lease_key(1) and d["generation"] == 1
     assert a.describe()["key"] == lease_key(1) and a.describe()["holder_heartbeat_age"] is None
+
+
+# -- LeaseRecord.state: the one place that says live / uncertain / stale / free ----------------------------
+
+def test_record_state_by_the_writers_heartbeat_time() -> None:
+    from fractfs.lease import FREE, LIVE, MAX_CLOCK_SKEW, STALE, UNCERTAIN
+
+    rec = LeaseRecord(generation=1, node="n", token="t", beat=0, time=1000.0, acquired=1000.0, timeout=10.0)
+    assert rec.state(1000.0) == LIVE
+    assert rec.state(1010.0) == LIVE  # exactly the timeout: still live
+    assert rec.state(1010.5) == UNCERTAIN
+    assert rec.state(1010.0 + MAX_CLOCK_SKEW) == UNCERTAIN
+    assert rec.state(1010.1 + MAX_CLOCK_SKEW) == STALE
+    assert rec.state(1025.0, timeout=30.0) == LIVE  # the reader's own timeout wins when given
+    assert rec.state(999.0) == LIVE  # a writer clock ahead of ours is not stale
+    rec.released = True
+    assert rec.state(1000.0) == FREE and rec.state(10**9) == FREE
+
+
+def test_newest_reads_the_highest_generation(store: PosixStore) -> None:
+    from fractfs.lease import newest
+
+    assert newest(store) is None
+    store.put(lease_key(1), record(1, "old"))
+    store.put(lease_key(3), record(3, "current"))
+    store.put("locks/not-a-lease", b"x")
+    got = newest(store)
+    assert got is not None and got[0] == lease_key(3) and got[1] is not None and got[1].node == "current"
+    store.put(lease_key(4), b"torn")
+    got = newest(store)
+    assert got is not None and got[0] == lease_key(4) and got[1] is None
+
+
+# -- LeaseKeeper: heartbeat, transitions, may_write, fence --------------------------------------------------
+
+def test_keeper_tick_reports_transitions_and_never_raises(store: PosixStore) -> None:
+    from fractfs.lease import LeaseKeeper
+
+    events: list[str] = []
+    a = Lease(store, "node-a", 10.0)
+    ka = LeaseKeeper(a, where="s", on_acquired=lambda: events.append("acquired"),
+                     on_lost=lambda: events.append("lost"))
+    assert ka.tick() and events == ["acquired"]
+    assert ka.tick() and events == ["acquired"]  # a renewal is not a transition
+    b = Lease(store, "node-b", 10.0)
+    kb = LeaseKeeper(b, where="the store")
+    assert not kb.tick() and not kb.may_write(eager=True)
+    assert "node-a holds the checkpoint lease on the store" in kb.standby_message()
+    # the holder's store goes away: tick reports it and returns instead of raising
+    real = store.list
+    store.list = lambda prefix="": (_ for _ in ()).throw(StoreError("down (test)"))  # type: ignore[method-assign]
+    try:
+        assert ka.tick() is True  # still valid for a while: the last renewal is recent
+        assert ka.failing
+    finally:
+        store.list = real  # type: ignore[method-assign]
+    assert ka.tick() and not ka.failing
+    a.release()
+    assert kb.tick() and b.held
+    ka.tick()
+    assert events[-1] == "acquired"  # a released: it did not hold it any more, so no "lost" from a release
+
+
+def test_keeper_may_write_and_fence_with_an_overdue_renewal(store: PosixStore) -> None:
+    from fractfs.errors import LeaseLost
+    from fractfs.lease import LeaseKeeper
+
+    clock = Clock()
+    lease = Lease(store, "node-a", 10.0, clock=clock)
+    keeper = LeaseKeeper(lease, where="s")
+    assert keeper.may_write(eager=True)
+    keeper.fence()  # valid: no exception
+    clock.t += 6.0  # past timeout / 2 since the last renewal
+    with pytest.raises(LeaseLost):
+        keeper.fence()
+    real = store.list
+    store.list = lambda prefix="": (_ for _ in ()).throw(StoreError("down (test)"))  # type: ignore[method-assign]
+    try:
+        with pytest.raises(LeaseLost, match="cannot confirm"):
+            keeper.may_write(eager=True)
+    finally:
+        store.list = real  # type: ignore[method-assign]
+    assert keeper.may_write(eager=True)  # renewed on the spot once the store answers
+    keeper.fence()
+
+
+def test_keeper_thread_renews_and_beating_covers_a_long_checkpoint(store: PosixStore) -> None:
+    from fractfs.lease import LeaseKeeper
+
+    lease = Lease(store, "node-a", 0.4)
+    keeper = LeaseKeeper(lease, where="s")
+    assert keeper.tick()
+    with keeper.beating():  # no thread: a temporary heartbeat keeps it valid past timeout / 2
+        time.sleep(0.6)
+        assert lease.valid()
+    time.sleep(0.3)
+    assert not lease.valid()  # nobody renews it any more
+    keeper.start()
+    try:
+        assert keeper.running
+        time.sleep(0.6)
+        assert lease.valid() and lease.held
+    finally:
+        keeper.stop()
+    assert not keeper.running

@@ -103,7 +103,8 @@ def shutdown(final_sync: bool = True) -> None:
 
 def resolve(path: _PathLike) -> Tier:
     """The tier of ``path`` (relative to the app root, or absolute inside it)."""
-    from .runtime import load, relpath_for
+    from .config import relpath_for
+    from .runtime import load
 
     with _lock:
         rt = _runtime

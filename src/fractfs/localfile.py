@@ -1,7 +1,8 @@
-"""Node-local files: replacing a small one (stat cache, status, bundle list, journals) all at once, and
-removing one that may already be gone."""
+"""Node-local files: replacing a small one (stat cache, status, bundle list, journals) all at once,
+removing one that may already be gone, and hashing one."""
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -35,3 +36,21 @@ def unlink_if_present(path: str | os.PathLike[str]) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+#: Read size for hashing: large enough that the per-call overhead vanishes, small enough to stay in cache.
+HASH_CHUNK = 1 << 20
+
+
+def hash_file(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """The sha256 (hex) of the file at ``path`` and the number of bytes read. Errors are raised as OSError."""
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            b = f.read(HASH_CHUNK)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+    return h.hexdigest(), n
