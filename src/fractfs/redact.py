@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
 
 MASK = "***"
 
@@ -37,15 +39,16 @@ def redact(text: str) -> str:
     return _SECRET_PARAMS.sub(lambda m: f"{m.group('name')}{MASK}", text)
 
 
-def redact_value(value: Any) -> Any:
+def redact_value(value: T) -> T:
     """Every string inside ``value`` (nested dicts, lists, tuples) redacted; other values unchanged."""
+    out: Any = value
     if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: redact_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(redact_value(v) for v in value)
-    return value
+        out = redact(value)
+    elif isinstance(value, dict):
+        out = {k: redact_value(v) for k, v in value.items()}
+    elif isinstance(value, (list, tuple)):
+        out = type(value)(redact_value(v) for v in value)
+    return cast(T, out)
 
 
 class RedactingFilter(logging.Filter):
