@@ -22,6 +22,7 @@ from .errors import (
     StoreError,
     StoreNotFound,
 )
+from .redact import RedactingFilter
 from .tiers import Tier, TierResolver
 
 __version__ = "0.3.0.dev0"
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 logging.getLogger("fractfs").addHandler(logging.NullHandler())
+# nothing fractfs logs carries URL credentials, whatever handler the app attaches
+logging.getLogger("fractfs").addFilter(RedactingFilter())
 
 _PathLike = Union[str, "os.PathLike[str]"]
 _lock = threading.RLock()

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from .errors import ConfigError, FractfsError
 from .patterns import unusable_pattern
+from .redact import redact
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -368,6 +369,13 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
     assert volume_root is None or isinstance(volume_root, str)
     if volume_root is not None and not volume_root.strip():
         volume_root = None  # an empty variable means "not configured": passthrough
+    if volume_root is not None and redact(volume_root) != volume_root:
+        # s3fs would not even read them (it takes "KEY:SECRET@bucket" for a bucket name and botocore quotes it
+        # back in its errors); secrets in a URL end up in logs, status and process listings
+        raise ConfigError(
+            f"{where('volume_root')} = {redact(volume_root)!r} carries credentials in the URL; fractfs does not "
+            "take secrets from URLs. Remove them and use the store's own settings: AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY or AWS_PROFILE for S3, DATABRICKS_TOKEN or a profile for Databricks")
     raw_backend = values.get("backend")
     backend: str
     if raw_backend is None or (isinstance(raw_backend, str) and not raw_backend.strip()):
@@ -541,6 +549,15 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
         if is_within(real_path(scratch), vol_real):
             raise ConfigError(f"{where('scratch')} = {str(scratch)!r} is inside the Volume {volume_root}; "
                               "scratch must be node-local")
+        # the checkpoint area may already exist as a symlink (planted by another writer of the Volume, or
+        # left from an old layout): following it outside the Volume would checkpoint to wherever it points -
+        # into the app root, every checkpoint would store itself again. (The Volume itself cannot contain the
+        # app root or scratch: refused above.)
+        area_real = real_path(Path(volume_root) / sub_norm)
+        if not is_within(area_real, vol_real) or area_real == vol_real:
+            raise ConfigError(f"{where('checkpoint_subdir')} = {sub_norm!r}: {Path(volume_root) / sub_norm} leads "
+                              f"to {area_real}, outside the Volume {volume_root} (a symbolic link); remove the "
+                              "link or choose another checkpoint_subdir")
     if dirs_root is not None and is_within(real_path(dirs_root), root_real):
         raise ConfigError(f"{where('dirs_root')} = {str(dirs_root)!r} is inside the app root {root_path}")
     if dirs_root is not None and is_within(real_path(scratch), real_path(dirs_root)):

@@ -1,9 +1,20 @@
 """Exception hierarchy. Every message names the file/key/path at fault and what to do."""
 from __future__ import annotations
 
+from typing import Any
+
+from .redact import redact
+
 
 class FractfsError(Exception):
-    """Base class for every error fractfs raises on purpose."""
+    """Base class for every error fractfs raises on purpose.
+
+    Its text never carries URL credentials: messages often quote a store URL or wrap a botocore/aiohttp error
+    that names the endpoint, so the one constructor every fractfs error goes through redacts them.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(FractfsError, ValueError):

@@ -31,6 +31,11 @@ def restore_target_problem(config: Config, to: Path) -> Optional[str]:
     and fractfs' state), a [dirs] directory on the Volume, or the checkpoint area itself.
     """
     lexical = Path(os.path.abspath(to))
+    if os.path.islink(lexical):
+        # a link would send the files wherever it points (another user may have planted it): say where, and
+        # let the operator name the real directory if that is really where the files should go
+        return (f"--to {to} is a symbolic link to {os.readlink(lexical)}; fractfs does not restore through "
+                f"links. Give the real directory ({real_path(lexical)}) if that is where the files should go")
     as_app_data = "the next checkpoint would store the restored copy as the app's own data"
     places = [(config.root, f"the app root {config.root}", as_app_data),
               (config.scratch, f"the scratch directory {config.scratch} (pinned files and fractfs' state)",

@@ -32,6 +32,8 @@ from .errors import CheckpointAborted as CheckpointAborted  # re-exported: older
 from .errors import FractfsError
 from .lease import Lease, LeaseKeeper
 from .localfile import write_replace
+from .ownership import ensure_private_dir
+from .redact import redact_value
 from .report import STATUS_FILE, iso_utc
 from .selection import Selection, areas_for, detect_bundle, save_bundle
 from .tiers import Tier, TierResolver
@@ -92,6 +94,10 @@ class Runtime:
         from .stores.open import check_volume_mounted, open_store
 
         check_volume_mounted(cfg)  # before provisioning links anything to it
+        # scratch holds the app's pinned files, the stat cache, restore temps and the locks: refuse one another
+        # local user could read, plant files in or redirect (docs/security.md), before anything is written there
+        ensure_private_dir(cfg.scratch, "fractfs_SCRATCH")
+        ensure_private_dir(cfg.state_dir, "fractfs_SCRATCH (its .fractfs-state)")
         if cfg.dirs:
             self.report = _provision.provision(cfg, self.resolver, force=force)
             self.warnings.extend(self.report.warnings)
@@ -475,7 +481,8 @@ class Runtime:
         warnings = list(self.warnings)
         if lease is not None and lease["state"] == "standby" and not self.closed:
             warnings.append(self._standby_message())
-        return {
+        # redact_value: a Volume URL may carry user:secret@ (docs/security.md); status.json is written from this
+        return redact_value({
             "initialized": True,
             **cfg.summary(),
             # the mode in use: watch falls back to interval without inotify; "manual" when sync_interval is 0
@@ -496,7 +503,7 @@ class Runtime:
             "provision": report,
             "restore": self.restore_info,
             "warnings": warnings,
-        }
+        })
 
     def _persist_status(self) -> None:
         """status() as JSON in the state dir, for the `fractfs` command running in another process."""

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional, TextIO
 
+from ..redact import redact
 from ..report import human_bytes
 from ..snapshot.format import short_id
 
@@ -24,7 +25,10 @@ PROG = "fractfs"
 
 
 class Out:
-    """Everything the command prints goes through here: stdout for results, stderr for notes and errors."""
+    """Everything the command prints goes through here: stdout for results, stderr for notes and errors.
+
+    And so everything is redacted here: a Volume URL or an endpoint may carry credentials (docs/security.md).
+    """
 
     def __init__(self, *, json_mode: bool, quiet: bool, verbose: bool,
                  stdout: Optional[TextIO] = None, stderr: Optional[TextIO] = None):
@@ -38,24 +42,24 @@ class Out:
     def line(self, text: str = "") -> None:
         """A result line (suppressed by --json, whose document is the result)."""
         if not self.json_mode:
-            print(text, file=self.stdout)
+            print(redact(text), file=self.stdout)
 
     def info(self, text: str) -> None:
         """A line worth seeing but not needed by a script (suppressed by -q and --json)."""
         if not self.quiet and not self.json_mode:
-            print(text, file=self.stdout)
+            print(redact(text), file=self.stdout)
 
     def note(self, text: str) -> None:
         """A side remark on stderr (never mixed into --json output)."""
         if not self.quiet:
-            print(f"{PROG}: {text}", file=self.stderr)
+            print(f"{PROG}: {redact(text)}", file=self.stderr)
 
     def error(self, text: str) -> None:
         """``fractfs: error: ...`` on stderr, even with -q."""
-        print(f"{PROG}: error: {text}", file=self.stderr)
+        print(f"{PROG}: error: {redact(text)}", file=self.stderr)
 
     def json(self, doc: Any) -> None:
-        print(json.dumps(doc, indent=2, sort_keys=False, default=str), file=self.stdout)
+        print(redact(json.dumps(doc, indent=2, sort_keys=False, default=str)), file=self.stdout)
 
     def progress(self, label: str, total: Optional[int], counter: Callable[[], int]) -> Progress:
         return Progress(label, total, counter, self.stderr, enabled=self.shows_progress())

@@ -26,7 +26,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="also replace existing files whose content differs")
     p.add_argument("--dry-run", action="store_true", help="list what would be written; change nothing")
     p.add_argument("--force", action="store_true",
-                   help="with --overwrite into the app root: go ahead even if a live node holds the lease")
+                   help="restore into the app root even if a live node holds the lease")
 
 
 def run(args: argparse.Namespace, out: Out) -> int:
@@ -45,8 +45,10 @@ def run(args: argparse.Namespace, out: Out) -> int:
     store = store_of(cfg)
     sid = resolve_snapshot(store, args.snapshot) if args.snapshot else None
     areas = restore_areas(cfg, to)
-    if to is None and args.overwrite and not args.dry_run:
-        check_lease(store, force=args.force, action="overwrite files under the running app")
+    if to is None and not args.dry_run:
+        # writing into the app's own places while a live node checkpoints them rolls its state back (and that
+        # node would store the rollback): only when no node holds the lease, or with --force
+        check_lease(store, force=args.force, action="restore into the app's files while that node runs")
     if to is not None:
         out.note(f"restoring into {areas['root']}; pinned scratch files go to {areas['scratch']}")
     counting = CountingStore(store)
