@@ -15,8 +15,11 @@ import statistics
 import subprocess
 import sys
 import sysconfig
+import tempfile
+import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +64,35 @@ def make_small_tree(root: Path, files: int, size: int = 4 * KiB, seed: int = 1) 
         with open(d / f"f{i:06d}.bin", "wb") as f:
             f.write(rng.randbytes(size))
     return files * size
+
+
+#: top-level directories of make_app_tree, with the file suffix each gets
+APP_AREAS = (("cache", ".bin"), ("db", ".page"), ("sessions", ".json"), ("index", ".idx"), ("uploads", ".dat"),
+             ("models", ".npy"))
+
+
+def make_app_tree(root: Path, files: int, *, min_size: int = 1 * KiB, max_size: int = 8 * KiB,
+                  seed: int = 13) -> int:
+    """``files`` files of ``min_size``..``max_size`` random bytes (uniform; 0..0 for empty files), laid out
+    as an app's state directory: six top-level areas, 16 sub-directories each, 40 files per leaf
+    directory. Deterministic for a given seed. Returns the bytes written."""
+    rng = random.Random(seed)
+    per_leaf = 40
+    made: set[Path] = set()
+    total = 0
+    for i in range(files):
+        leaf = i // per_leaf
+        area, suffix = APP_AREAS[leaf % len(APP_AREAS)]
+        d = root / area / f"{(leaf // len(APP_AREAS)) % 16:02x}" / f"{leaf // (len(APP_AREAS) * 16):04x}"
+        if d not in made:
+            d.mkdir(parents=True, exist_ok=True)
+            made.add(d)
+        size = rng.randint(min_size, max_size) if max_size > 0 else 0
+        with open(d / f"n{i:07d}{suffix}", "wb") as f:
+            if size:
+                f.write(rng.randbytes(size))
+        total += size
+    return total
 
 
 def count_files(root: Path) -> tuple[int, int]:
@@ -150,6 +182,52 @@ def timed_run(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Pat
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     return dt
+
+
+@dataclass
+class ChildRun:
+    """One finished child process: wall time from just before the fork to its exit, and its peak RSS."""
+
+    started: float      #: time.monotonic() just before the fork (Linux: the same clock in every process)
+    seconds: float
+    maxrss_mib: float   #: ru_maxrss of the child (getrusage via wait4)
+    stdout: str
+    stderr: str
+
+
+def run_child(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
+              timeout: float = 3600) -> ChildRun:
+    """Run ``cmd`` to its end and return its wall time and peak RSS; a non-zero exit raises.
+
+    Reaped with os.wait4 (not Popen.wait) to get the child's own rusage; output goes to temporary files so
+    a chatty child never blocks on a full pipe while the clock runs.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t = time.monotonic()
+        p = subprocess.Popen(list(cmd), env=env, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        # os.kill, not p.kill: Popen.kill polls (reaps) the child, which would steal it from wait4 below
+        timer = threading.Timer(timeout, os.kill, (p.pid, 9))
+        timer.start()
+        try:
+            _, status, ru = os.wait4(p.pid, 0)
+        finally:
+            timer.cancel()
+        dt = time.monotonic() - t
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}):\n{stdout[-2000:]}\n{stderr[-3000:]}")
+    return ChildRun(t, dt, ru.ru_maxrss / 1024, stdout, stderr)
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
 
 
 def run_json(cmd: Sequence[str], *, env: dict[str, str] | None = None, timeout: float = 1800) -> dict[str, Any]:

@@ -91,8 +91,12 @@ class FakeDatabricks:
         short_pages: bool = True,
         auto_create_parents: bool = True,
         honour_range: bool = True,
+        bad_token_status: int = 401,
     ) -> None:
         self.token = token
+        # What an unknown bearer token gets: 401, or 403 "Invalid access token." as many workspaces answer a
+        # personal access token that is wrong, expired or revoked.
+        self.bad_token_status = bad_token_status
         self.client_id = client_id
         self.client_secret = client_secret
         self.page_size = page_size
@@ -320,7 +324,10 @@ class _Handler(BaseHTTPRequestHandler):
         with fake.lock:
             known = auth.startswith("Bearer ") and auth[len("Bearer ") :] in fake._issued_tokens
         if not known:
-            self._error(401, "Credential was not sent or was of an unsupported type for this API.")
+            if fake.bad_token_status == 403 and auth.startswith("Bearer "):
+                self._error(403, "Invalid access token.", "403")
+            else:
+                self._error(401, "Credential was not sent or was of an unsupported type for this API.")
             return
         with fake.lock:
             for inj in fake.injections:

@@ -19,7 +19,8 @@ from _services import in_ci
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
-# (script, what its table must show: rows and peer columns, timeout in seconds). Together about 60 s.
+# (script, what its table must show: rows and peer columns, timeout in seconds). Together about 60 s,
+# plus about 45 s for cold_start.py (S3 included) on a loaded machine.
 CASES = [
     ("noop_checkpoint.py", ["bare os.scandir walk", "walk + lstat per entry", "fractfs no-op checkpoint",
                             "no-op / bare walk"], 60),
@@ -27,6 +28,10 @@ CASES = [
     ("data_loss_window.py", ["| interval |", "| watch |", "lost", "window mean s"], 120),
     ("s3_transfer.py", ["restore 100 x 4 KiB", "| fractfs |", "| s5cmd |", "| rclone |", "| fractfs 0.2.1 |",
                         "fractfs/fractfs 0.2.1"], 120),
+    ("cold_start.py", ["cold init 300 (disk)", "cold init 300 (tmpfs)", "| tar -xf", "| cp -a",
+                       "cold init 200 (S3)", "| s5cmd cp", "first checkpoint after cold init 300",
+                       "git status (first, after clone)", "no-op checkpoint after it 300", "git status (again)",
+                       "peak RSS MiB", "time per file (whole process) at 600"], 120),
 ]
 #: measurements of fractfs alone (no peer to compare with, so no ratio)
 NO_PEERS = {"data_loss_window.py"}

@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - depends on the environment
         "databricks-sdk is not installed (pip install 'fractfs[databricks]')", allow_module_level=True
     )
 
-from fractfs.errors import AlreadyExists, StoreError, StoreNotFound
+from fractfs.errors import AlreadyExists, ObjectRejected, ObjectTooLarge, StoreError, StoreNotFound
 from fractfs.stores.base import BatchStore, Store
 from fractfs.stores.databricks import DatabricksFilesStore, parse_volume_root
 
@@ -307,6 +307,39 @@ def test_wrong_client_secret_is_a_credentials_error(
         store.put("k", b"v")
     assert "DATABRICKS_CLIENT_SECRET" in str(err.value)
     assert "not-the-secret" not in str(err.value)
+
+
+def test_403_invalid_access_token_names_the_credentials() -> None:
+    # Many workspaces answer a wrong, expired or revoked personal access token with 403, not 401.
+    with FakeDatabricks(bad_token_status=403) as fake:
+        store = DatabricksFilesStore(ROOT, client=client_for(fake, token="revoked"))
+        with pytest.raises(StoreError) as err:
+            store.put("k", b"v")
+    msg = str(err.value)
+    assert "Invalid access token" in msg and "DATABRICKS_TOKEN" in msg and f"{ROOT}/k" in msg
+    assert "WRITE VOLUME" not in msg and "revoked" not in msg.replace("expired or revoked", "")
+
+
+def test_object_over_the_request_limit_is_refused_before_sending(fake: FakeDatabricks, tmp_path: Path) -> None:
+    store = DatabricksFilesStore(ROOT, client=client_for(fake), max_object_size=1000)
+    fake.reset_log()
+    big = tmp_path / "big"
+    big.write_bytes(b"b" * 1001)
+    with pytest.raises(ObjectTooLarge) as err:
+        store.put_file("objects/ab/big", big)
+    assert isinstance(err.value, ObjectRejected) and err.value.key == "objects/ab/big"
+    assert f"{ROOT}/objects/ab/big" in str(err.value) and "1001" in str(err.value) and "1000" in str(err.value)
+    with pytest.raises(ObjectTooLarge) as err:
+        store.put("packs/cd/pack", b"p" * 1001)
+    assert err.value.key == "packs/cd/pack"
+    assert fake.count("PUT") == 0 and not fake.files  # refused before any request
+    with pytest.raises(ObjectTooLarge):
+        store.put_many([("packs/ef/ok", b"ok"), ("packs/ef/pack", b"p" * 1001)])
+    assert f"{ROOT}/packs/ef/pack" not in fake.files
+    # right at the limit is fine
+    big.write_bytes(b"b" * 1000)
+    store.put_file("objects/ab/big", big)
+    assert on_fake(fake, "objects/ab/big") == b"b" * 1000
 
 
 def test_403_names_the_grants(store: DatabricksFilesStore, fake: FakeDatabricks) -> None:

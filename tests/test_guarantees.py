@@ -4,7 +4,7 @@ Each of these was checked by breaking the guarantee on purpose in the source (th
 test's docstring and in docs/reliability.md, "Guarantees pinned by a test") and watching the test go red.
 They drive the public API (``fractfs.init``/``sync_now``/``shutdown``), the CLI, real processes and signals,
 the snapshot and lease APIs, and real filesystems; the only engine internal used is the one existing test
-hook, ``snapshot.engine._after_read_hook``.
+hook, ``snapshot.capture._after_read_hook``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from test_snapshot_support import everything, make_store, write
 
 from fractfs import snapshot
 from fractfs.lease import Lease
-from fractfs.snapshot import engine as engine_mod
+from fractfs.snapshot import capture as capture_mod
 from fractfs.snapshot.format import parse_snapshot_id
 from fractfs.stores.posix import PosixStore
 
@@ -35,7 +35,7 @@ def test_commit_is_refused_once_the_lease_cannot_be_renewed(tmp_path: Path) -> N
     """A checkpoint that started with a valid lease, whose pack upload then outlasts the lease's validity while
     the heartbeat fails, must not commit: another node may have taken over meanwhile.
 
-    Broken by: ``Runtime._may_commit`` returning True (the commit check always allows)."""
+    Broken by: ``LeaseKeeper.fence`` not raising (the commit check always allows)."""
     app = App(tmp_path, str(tmp_path / "vol"))
     out = app.run(f"""
         from fractfs.errors import StoreError
@@ -271,7 +271,7 @@ def test_rewrite_within_one_clock_tick_of_the_read_is_not_lost(coarse_clock_dir:
     Each file ``f<i>`` is written (``value=1``) right before it is read and rewritten (``value=9``) right after,
     by the engine's after-read test hook; reads go one at a time (a deadline is set) in mtime order.
 
-    Broken by: ``engine.RACY_NS = 0``."""
+    Broken by: ``capture.RACY_NS = 0``."""
     store = make_store(tmp_path)
     root = coarse_clock_dir / "app"
     names = [f"f{i}" for i in range(RACY_FILES)]
@@ -295,9 +295,9 @@ def test_rewrite_within_one_clock_tick_of_the_read_is_not_lost(coarse_clock_dir:
         if nxt in names and (root / nxt).read_text() == "value=0":
             (root / nxt).write_text("value=1")  # right before the next file is read
 
-    monkeypatch.setattr(engine_mod, "_after_read_hook", after_read)
+    monkeypatch.setattr(capture_mod, "_after_read_hook", after_read)
     snapshot.checkpoint(store, {"root": root}, everything, state_dir=sd, deadline=time.monotonic() + 120)
-    monkeypatch.setattr(engine_mod, "_after_read_hook", None)
+    monkeypatch.setattr(capture_mod, "_after_read_hook", None)
     assert done == set(names)  # every file was read and rewritten once
     time.sleep(0.05)  # past the tick, so the next checkpoint's reads are settled
     snapshot.checkpoint(store, {"root": root}, everything, state_dir=sd)

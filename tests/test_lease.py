@@ -235,7 +235,8 @@ def test_names_that_are_not_generations_are_ignored_with_a_warning(store: PosixS
 
 
 def test_a_one_shot_reader_bounds_what_a_forged_record_claims() -> None:
-    from fractfs.lease import MAX_RECORD_TIMEOUT, heartbeat_state
+    # LeaseRecord.state is the one judgement (fractfs status, sync, prune); the record's own numbers are bounded
+    from fractfs.lease import MAX_RECORD_TIMEOUT
 
     now = 1_700_000_000.0
 
@@ -243,12 +244,133 @@ def test_a_one_shot_reader_bounds_what_a_forged_record_claims() -> None:
         return LeaseRecord(generation=1, node="n", token="t", beat=0, time=t, acquired=t, timeout=timeout,
                            released=released)
 
-    assert heartbeat_state(rec(now - 5, 30), now, 120)[0] == "live"
-    assert heartbeat_state(rec(now - 60, 30), now, 120)[0] == "uncertain"
-    assert heartbeat_state(rec(now - 500, 30), now, 120)[0] == "stale"
-    assert heartbeat_state(rec(now - 5, 30, released=True), now, 120)[0] == "free"
+    assert rec(now - 5, 30).state(now) == "live"
+    assert rec(now - 60, 30).state(now) == "uncertain"
+    assert rec(now - 500, 30).state(now) == "stale"
+    assert rec(now - 5, 30, released=True).state(now) == "free"
     # forged: a heartbeat dated far in the future, an endless timeout, NaN
-    assert heartbeat_state(rec(now + 10**9, 30), now, 120)[0] == "stale"
-    assert heartbeat_state(rec(now - MAX_RECORD_TIMEOUT - 121, 1e30), now, 120)[0] == "stale"
-    assert heartbeat_state(rec(now - 200, float("nan")), now, 120)[0] == "stale"
-    assert heartbeat_state(rec(float("nan"), 30), now, 120)[0] == "stale"
+    assert rec(now + 10**9, 30).state(now) == "stale"
+    assert rec(now - MAX_RECORD_TIMEOUT - 121, 1e30).state(now) == "stale"
+    assert rec(now - MAX_RECORD_TIMEOUT + 1, 1e30).state(now) == "live"  # believed up to the cap
+    assert rec(now - 200, float("nan")).state(now) == "stale"
+    assert rec(now - 5, -1.0).state(now) == "uncertain"  # a negative timeout counts as 0
+    assert rec(float("nan"), 30).state(now) == "stale"
+    # the reader's own timeout, when given, is not capped: it is ours, not the record's
+    assert rec(now - 2 * MAX_RECORD_TIMEOUT, 1e30).state(now, timeout=3 * MAX_RECORD_TIMEOUT) == "live"
+
+
+def test_a_running_node_waits_out_a_future_heartbeat_instead_of_taking_it_at_once(store: PosixStore) -> None:
+    # stale to a one-shot reader, but a node watches the bytes: two nodes with clocks minutes apart must not
+    # each call the other's fresh lease ancient and take it in turn
+    mono = Clock()
+    store.put(lease_key(1), LeaseRecord(generation=1, node="ahead", token="t", beat=0, time=time.time() + 3600,
+                                        acquired=time.time(), timeout=10).encode())
+    b = Lease(store, "B", 10, clock=mono)
+    assert b.tick() is False  # not ancient: dated in the future
+    mono.t += 10
+    assert b.tick() is True and b.generation == 2  # one timeout without a beat: taken as any silent holder
+
+
+# -- LeaseRecord.state: the one place that says live / uncertain / stale / free ----------------------------
+
+def test_record_state_by_the_writers_heartbeat_time() -> None:
+    from fractfs.lease import FREE, LIVE, MAX_CLOCK_SKEW, STALE, UNCERTAIN
+
+    rec = LeaseRecord(generation=1, node="n", token="t", beat=0, time=1000.0, acquired=1000.0, timeout=10.0)
+    assert rec.state(1000.0) == LIVE
+    assert rec.state(1010.0) == LIVE  # exactly the timeout: still live
+    assert rec.state(1010.5) == UNCERTAIN
+    assert rec.state(1010.0 + MAX_CLOCK_SKEW) == UNCERTAIN
+    assert rec.state(1010.1 + MAX_CLOCK_SKEW) == STALE
+    assert rec.state(1025.0, timeout=30.0) == LIVE  # the reader's own timeout wins when given
+    assert rec.state(999.0) == LIVE  # a writer clock ahead of ours is not stale
+    rec.released = True
+    assert rec.state(1000.0) == FREE and rec.state(10**9) == FREE
+
+
+def test_newest_reads_the_highest_generation(store: PosixStore) -> None:
+    from fractfs.lease import newest
+
+    assert newest(store) is None
+    store.put(lease_key(1), record(1, "old"))
+    store.put(lease_key(3), record(3, "current"))
+    store.put("locks/not-a-lease", b"x")
+    got = newest(store)
+    assert got is not None and got[0] == lease_key(3) and got[1] is not None and got[1].node == "current"
+    store.put(lease_key(4), b"torn")
+    got = newest(store)
+    assert got is not None and got[0] == lease_key(4) and got[1] is None
+
+
+# -- LeaseKeeper: heartbeat, transitions, may_write, fence --------------------------------------------------
+
+def test_keeper_tick_reports_transitions_and_never_raises(store: PosixStore) -> None:
+    from fractfs.lease import LeaseKeeper
+
+    events: list[str] = []
+    a = Lease(store, "node-a", 10.0)
+    ka = LeaseKeeper(a, where="s", on_acquired=lambda: events.append("acquired"),
+                     on_lost=lambda: events.append("lost"))
+    assert ka.tick() and events == ["acquired"]
+    assert ka.tick() and events == ["acquired"]  # a renewal is not a transition
+    b = Lease(store, "node-b", 10.0)
+    kb = LeaseKeeper(b, where="the store")
+    assert not kb.tick() and not kb.may_write(eager=True)
+    assert "node-a holds the checkpoint lease on the store" in kb.standby_message()
+    # the holder's store goes away: tick reports it and returns instead of raising
+    real = store.list
+    store.list = lambda prefix="": (_ for _ in ()).throw(StoreError("down (test)"))  # type: ignore[method-assign]
+    try:
+        assert ka.tick() is True  # still valid for a while: the last renewal is recent
+        assert ka.failing
+    finally:
+        store.list = real  # type: ignore[method-assign]
+    assert ka.tick() and not ka.failing
+    a.release()
+    assert kb.tick() and b.held
+    ka.tick()
+    assert events[-1] == "acquired"  # a released: it did not hold it any more, so no "lost" from a release
+
+
+def test_keeper_may_write_and_fence_with_an_overdue_renewal(store: PosixStore) -> None:
+    from fractfs.errors import LeaseLost
+    from fractfs.lease import LeaseKeeper
+
+    clock = Clock()
+    lease = Lease(store, "node-a", 10.0, clock=clock)
+    keeper = LeaseKeeper(lease, where="s")
+    assert keeper.may_write(eager=True)
+    keeper.fence()  # valid: no exception
+    clock.t += 6.0  # past timeout / 2 since the last renewal
+    with pytest.raises(LeaseLost):
+        keeper.fence()
+    real = store.list
+    store.list = lambda prefix="": (_ for _ in ()).throw(StoreError("down (test)"))  # type: ignore[method-assign]
+    try:
+        with pytest.raises(LeaseLost, match="cannot confirm"):
+            keeper.may_write(eager=True)
+    finally:
+        store.list = real  # type: ignore[method-assign]
+    assert keeper.may_write(eager=True)  # renewed on the spot once the store answers
+    keeper.fence()
+
+
+def test_keeper_thread_renews_and_beating_covers_a_long_checkpoint(store: PosixStore) -> None:
+    from fractfs.lease import LeaseKeeper
+
+    lease = Lease(store, "node-a", 0.4)
+    keeper = LeaseKeeper(lease, where="s")
+    assert keeper.tick()
+    with keeper.beating():  # no thread: a temporary heartbeat keeps it valid past timeout / 2
+        time.sleep(0.6)
+        assert lease.valid()
+    time.sleep(0.3)
+    assert not lease.valid()  # nobody renews it any more
+    keeper.start()
+    try:
+        assert keeper.running
+        time.sleep(0.6)
+        assert lease.valid() and lease.held
+    finally:
+        keeper.stop()
+    assert not keeper.running

@@ -15,7 +15,10 @@ from helpers import App, read_back
 from fractfs import snapshot
 from fractfs.errors import StoreError
 from fractfs.lease import MAX_CLOCK_SKEW, Lease, LeaseLost, lease_key
-from fractfs.runtime import CheckpointAborted, _guard
+from fractfs.runtime import CheckpointAborted
+from fractfs.snapshot import catalog, engine
+from fractfs.snapshot.statcache import StateLock
+from fractfs.stores.wrappers import abortable
 from fractfs.stores import open_store
 from fractfs.stores.posix import PosixStore
 
@@ -640,17 +643,41 @@ def test_lease_exclusive_create_has_one_winner(tmp_path: Path, kind: str, reques
     assert loser.tick() is True and loser.generation == 1
 
 
-def test_guarded_store_refuses_commit_without_lease_and_after_abort(tmp_path: Path) -> None:
+def test_commit_is_fenced_by_the_lease_and_an_aborted_store_refuses_everything(tmp_path: Path) -> None:
+    """The commit rule lives in engine.commit's fence, not in a store wrapper matching key names: content goes
+    up without the lease, the manifest only while the fence allows it; an aborted store refuses every call."""
     store = PosixStore(str(tmp_path / "ckpt"))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("content is fine without the lease")
     ok = [False]
-    g = _guard(store, lambda: ok[0])
-    g.put("packs/ab/x", b"content is fine without the lease")
-    with pytest.raises(LeaseLost):
-        g.put("snapshots/000000000001-x.json.gz", b"m", exclusive=True)
+
+    def fence() -> None:
+        if not ok[0]:
+            raise LeaseLost("not committing: no valid lease (test)")
+
+    g = abortable(store)
+    sdir = engine.state_path(tmp_path / "state")
+    with StateLock(sdir):
+        prep = engine.prepare(g, {"root": src}, None, sdir)
+        assert prep.name is not None
+        with pytest.raises(LeaseLost):
+            engine.commit(g, prep, fence)
+    assert [k for k, _ in store.list("packs/")], "content is uploaded before the fence is asked"
+    assert list(store.list("snapshots/")) == []
     ok[0] = True
-    g.put("snapshots/000000000001-x.json.gz", b"m", exclusive=True)
+    with StateLock(sdir):
+        prep = engine.prepare(g, {"root": src}, None, sdir)
+        res = engine.commit(g, prep, fence)
+    assert res.snapshot_id is not None and prep.name is not None and res.snapshot_id == prep.name.id
+    # the manifest, then the head pointer naming it (docs/format.md, "The head")
+    assert sorted(k for k, _ in store.list("snapshots/")) == sorted([prep.name.key, catalog.HEAD_KEY])
+    assert catalog.read_head(store) == prep.name
+    g.put("packs/ab/x", b"x")
     g.abort()
-    for call in (lambda: g.get("packs/ab/x"), lambda: list(g.list("")), lambda: g.put("packs/ab/y", b"y")):
+    for call in (lambda: g.get("packs/ab/x"), lambda: list(g.list("")), lambda: g.put("packs/ab/y", b"y"),
+                 lambda: g.delete("packs/ab/x"), lambda: g.size("packs/ab/x")):
         with pytest.raises(CheckpointAborted):
             call()
+    assert store.get("packs/ab/x") == b"x" and store.size("packs/ab/y") is None
     assert isinstance(CheckpointAborted("x"), Exception) and not isinstance(CheckpointAborted("x"), StoreError)

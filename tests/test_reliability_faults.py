@@ -177,6 +177,7 @@ def test_prune_with_a_stale_listing_keeps_the_newest_snapshot_whole(tmp_path: Pa
     newest = checkpoint(inner, {"root": app}, None, state_dir=tmp_path / "state")
     fs = FaultyStore(inner, rate=1.0, kinds=("stale_list",), keys=("snapshots/",), stale_window=3600)
     fs._recent[f"snapshots/{newest.snapshot_id}.json.gz"] = float("inf")  # written "just now"
+    inner.delete("snapshots/head.json")  # no head to fill the gap (a failed head update, an older writer)
     # the caller knows the snapshot it committed; a listing that does not show it yet is stale
     assert newest.snapshot_id is not None
     res = prune(fs, 1, newest_known=newest.snapshot_id)

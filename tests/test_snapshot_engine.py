@@ -12,6 +12,7 @@ import pytest
 from test_snapshot_support import everything, make_store, store_keys, temp_leftovers, tree, write
 
 from fractfs.snapshot import checkpoint, latest_paths, list_snapshots, restore
+from fractfs.snapshot import capture as capture_mod
 from fractfs.snapshot import engine as engine_mod
 from fractfs.snapshot.format import SQLITE_MAGIC
 
@@ -107,17 +108,17 @@ def test_noop_checkpoint_writes_nothing(tmp_path: Path) -> None:
     keys = store_keys(store)
     # a no-op must not even re-read the stat cache rows or files
     read_calls: list[str] = []
-    orig = engine_mod._capture
+    orig = capture_mod.capture
 
     def spy(path: str, ctx: object) -> object:
         read_calls.append(path)
         return orig(path, ctx)  # type: ignore[arg-type]
 
-    engine_mod._capture = spy  # type: ignore[assignment]
+    capture_mod.capture = spy  # type: ignore[assignment]
     try:
         again = checkpoint(store, src, everything, state_dir=sd)
     finally:
-        engine_mod._capture = orig
+        capture_mod.capture = orig
     assert again.snapshot_id is None and again.stored == [] and again.deleted == []
     assert again.files == first.files and again.bytes == first.bytes
     assert read_calls == []
@@ -204,7 +205,7 @@ def test_file_changing_during_read_is_never_recorded_torn(
             with open(path, "ab") as f:
                 f.write(b"more")
 
-    monkeypatch.setattr(engine_mod, "_after_read_hook", grow)
+    monkeypatch.setattr(capture_mod, "_after_read_hook", grow)
     with caplog.at_level(logging.INFO, logger="fractfs"):
         res = checkpoint(store, src, everything, state_dir=sd)
     assert res.skipped_busy == ["root:log"]
@@ -217,7 +218,7 @@ def test_file_changing_during_read_is_never_recorded_torn(
     assert (dst["root"] / "other").read_text() == "changed"
 
     # next round, once it is quiet, the file is taken
-    monkeypatch.setattr(engine_mod, "_after_read_hook", None)
+    monkeypatch.setattr(capture_mod, "_after_read_hook", None)
     res2 = checkpoint(store, src, everything, state_dir=sd)
     assert res2.stored == ["root:log"] and first.snapshot_id != res2.snapshot_id
     dst2 = _areas(tmp_path, "fresh2")
@@ -305,7 +306,7 @@ def test_new_busy_file_is_left_out_and_reported(tmp_path: Path, monkeypatch: pyt
         with open(path, "ab") as f:
             f.write(b"y")
 
-    monkeypatch.setattr(engine_mod, "_after_read_hook", grow)
+    monkeypatch.setattr(capture_mod, "_after_read_hook", grow)
     res = checkpoint(store, src, everything, state_dir=tmp_path / "state")
     assert res.skipped_busy == ["root:hot"]
     assert ("root", "hot") not in latest_paths(store)
@@ -399,17 +400,17 @@ def test_restore_seeds_the_stat_cache(tmp_path: Path) -> None:
     dst = _areas(tmp_path, "node2")
     restore(store, dst, state_dir=tmp_path / "state2")
     reads: list[str] = []
-    orig = engine_mod._capture
+    orig = capture_mod.capture
 
     def spy(path: str, ctx: object) -> object:
         reads.append(path)
         return orig(path, ctx)  # type: ignore[arg-type]
 
-    engine_mod._capture = spy  # type: ignore[assignment]
+    capture_mod.capture = spy  # type: ignore[assignment]
     try:
         res = checkpoint(store, dst, everything, state_dir=tmp_path / "state2")
     finally:
-        engine_mod._capture = orig
+        capture_mod.capture = orig
     assert res.snapshot_id is None and reads == []
 
 

@@ -15,7 +15,7 @@ import pytest
 from test_snapshot_support import everything, make_store
 
 from fractfs.snapshot import checkpoint, latest_paths, list_snapshots, restore
-from fractfs.snapshot import engine as engine_mod
+from fractfs.snapshot import capture as capture_mod
 
 ROWS = 40  # rows per transaction, all with the same txn id
 
@@ -129,7 +129,7 @@ def test_a_writer_holding_the_lock_does_not_block_forever(
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        monkeypatch.setattr(engine_mod, "SQLITE_TIMEOUT", 0.5)
+        monkeypatch.setattr(capture_mod, "SQLITE_TIMEOUT", 0.5)
         t0 = time.monotonic()
         res = checkpoint(store, {"root": app}, everything, state_dir=tmp_path / "state")
         assert time.monotonic() - t0 < 5

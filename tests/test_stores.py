@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import pytest
 
-from fractfs.errors import AlreadyExists, StoreError, StoreNotFound
+from fractfs.errors import AlreadyExists, ObjectRejected, StoreError, StoreFull, StoreNotFound
 from fractfs.stores import FsspecStore, PosixStore, Store, open_store
 from fractfs.stores import fsspec as fsspec_mod
 from fractfs.stores.transfer import get_many, parallel_map, put_many, retry
@@ -293,6 +293,52 @@ def test_posix_full_volume_is_a_store_error(tmpfs_factory: Callable[..., Path], 
     assert _all_files(vol / "cp") == ["keep"]
 
 
+def test_posix_full_volume_names_the_object_it_refused(tmpfs_factory: Callable[..., Path], tmp_path: Path) -> None:
+    # One file too big for the free space must be told apart from a broken store: StoreFull (an ObjectRejected)
+    # names its key, and the store takes smaller objects right after.
+    vol = tmpfs_factory("1m")
+    s = PosixStore(vol / "cp")
+    big = _write(tmp_path / "big", os.urandom(2 * 1024 * 1024))
+    with pytest.raises(StoreFull) as info:
+        s.put_file("objects/ab/big", big)
+    assert isinstance(info.value, ObjectRejected) and info.value.key == "objects/ab/big"
+    assert "objects/ab/big" in str(info.value) and "no space left" in str(info.value)
+    with pytest.raises(StoreFull) as info:
+        s.put("packs/cd/pack", os.urandom(2 * 1024 * 1024))
+    assert info.value.key == "packs/cd/pack"
+    s.put("snapshots/small", b"the rest still fits")
+    assert s.get("snapshots/small") == b"the rest still fits"
+    assert _all_files(vol / "cp") == ["snapshots/small"]
+
+
+def test_posix_file_size_limit_is_object_too_large(tmp_path: Path) -> None:
+    # EFBIG for real: a file-size limit (RLIMIT_FSIZE, with SIGXFSZ ignored so write() fails instead) in a child.
+    import subprocess
+    import sys
+
+    big = _write(tmp_path / "big", os.urandom(256 * 1024))
+    code = f"""
+import resource, signal, sys
+from pathlib import Path
+from fractfs.errors import ObjectTooLarge
+from fractfs.stores.posix import PosixStore
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+s = PosixStore({str(tmp_path / "cp")!r})
+s.put("small", b"x" * 1000)
+try:
+    s.put_file("objects/ef/big", Path({str(big)!r}))
+except ObjectTooLarge as exc:
+    print("refused", exc.key, "|", exc)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("refused objects/ef/big |"), out.stdout
+    assert "EFBIG" in out.stdout and "objects/ef/big" in out.stdout
+    assert _all_files(tmp_path / "cp") == ["small"]
+
+
 # -- FsspecStore specifics -------------------------------------------------------------------------------
 def test_s3_unreachable_endpoint_fails_fast(seaweed: Any) -> None:
     from _services import closed_port
@@ -530,3 +576,11 @@ def test_target_from_request() -> None:
     assert target_from_request("http://h/b/app/p", auth.replace("/s3/", "/s3express/"), {}, "app/p") is None
     assert target_from_request("http://h/b/app/p", "AWS AK:sig", {}, "app/p") is None
     assert target_from_request("http://h/b/other", auth, {}, "app/p") is None
+
+
+def test_fsspec_full_volume_is_store_full(tmpfs_factory: Callable[..., Path]) -> None:
+    vol = tmpfs_factory("1m")
+    s = FsspecStore(f"file://{vol}")  # fsspec's local backend does not make parent directories: keep it flat
+    with pytest.raises(StoreFull) as info:
+        s.put("big", os.urandom(2 * 1024 * 1024))
+    assert info.value.key == "big" and "no space left" in str(info.value)

@@ -18,6 +18,7 @@ stops committing snapshots well before an observer may take over (see :meth:`Lea
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,9 +27,10 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
-from .errors import AlreadyExists, FractfsError, StoreNotFound
+from .errors import AlreadyExists, StoreNotFound
+from .errors import LeaseLost as LeaseLost  # re-exported: older callers import it from here
 from .stores.base import Store
 
 log = logging.getLogger("fractfs")
@@ -49,9 +51,8 @@ VERSION = 1
 #: Large, so that only clocks that are wrong by minutes could make a live holder look ancient.
 MAX_CLOCK_SKEW = 120.0
 
-
-class LeaseLost(FractfsError):
-    """This node no longer holds (or cannot confirm) the checkpoint lease, so it must not commit."""
+#: LeaseRecord.state() values.
+FREE, LIVE, UNCERTAIN, STALE = "free", "live", "uncertain", "stale"
 
 
 def lease_key(generation: int) -> str:
@@ -85,25 +86,16 @@ def _successor(gens: list[int]) -> tuple[int, Optional[int]]:
     return (rest[-1] + 1 if rest else 1), top
 
 
-def heartbeat_state(rec: LeaseRecord, now: float, skew: float) -> tuple[str, float]:
-    """A one-shot reader's verdict on ``rec`` by its writer's clock: (live|uncertain|stale|free, age).
 
-    The record's own ``timeout`` is capped at MAX_RECORD_TIMEOUT, and a heartbeat dated more than ``skew`` in
-    the future is stale: a clock that wrong is outside what the lease tolerates anyway, and a forged record
-    could otherwise stay "live" for ever. (Nodes themselves never trust these times: they watch the bytes
-    change, so a forged record delays a takeover by one lease timeout at most.)
-    """
-    age = now - rec.time
-    timeout = min(max(rec.timeout, 0.0), MAX_RECORD_TIMEOUT) if rec.timeout == rec.timeout else 0.0
-    if rec.released:
-        return "free", age
-    if not (age == age) or age < -skew:  # NaN or from the future
-        return "stale", age
-    if age <= timeout:
-        return "live", age
-    if age <= timeout + skew:
-        return "uncertain", age
-    return "stale", age
+def newest(store: Store) -> Optional[tuple[str, Optional[LeaseRecord]]]:
+    """The key of the current (highest) lease generation and its record (None: unreadable, e.g. torn or from a
+    newer fractfs); None when there is no lease. Store errors propagate (StoreNotFound when it was released and
+    removed between the listing and the read)."""
+    gens = sorted(g for g in (parse_generation(k) for k, _size in store.list(PREFIX)) if g is not None)
+    if not gens:
+        return None
+    key = lease_key(gens[-1])
+    return key, LeaseRecord.decode(store.get(key))
 
 
 @dataclass
@@ -118,6 +110,36 @@ class LeaseRecord:
     host: str = ""
     pid: int = 0
     released: bool = False
+
+    def state(self, now: float, timeout: Optional[float] = None) -> str:
+        """The lease as judged from its writer's own heartbeat time, by a reader's wall clock ``now``.
+
+        :data:`FREE` when released; :data:`LIVE` within ``timeout`` (default: the writer's own) of the last
+        heartbeat; :data:`UNCERTAIN` up to :data:`MAX_CLOCK_SKEW` beyond it (the clocks may just disagree);
+        :data:`STALE` after that. One-shot readers (``fractfs status``/``sync``/``prune``) go by this; a
+        running node also watches the heartbeat change (:meth:`Lease.tick`) before taking a lease over.
+
+        The record is written by whoever can write the Volume, so its own numbers are bounded: its ``timeout``
+        is believed up to :data:`MAX_RECORD_TIMEOUT` (NaN or negative: 0), and a heartbeat dated more than
+        :data:`MAX_CLOCK_SKEW` in the future, or not a number, is :data:`STALE` - a clock that wrong is outside
+        what the lease tolerates anyway, and a forged record could otherwise stay live for ever
+        (docs/security.md).
+        """
+        if self.released:
+            return FREE
+        if timeout is None:
+            own = self.timeout
+            limit = min(max(own, 0.0), MAX_RECORD_TIMEOUT) if own == own else 0.0  # own != own: NaN
+        else:
+            limit = timeout
+        age = now - self.time
+        if age != age or age < -MAX_CLOCK_SKEW:  # NaN, or from the future
+            return STALE
+        if age <= limit:
+            return LIVE
+        if age <= limit + MAX_CLOCK_SKEW:
+            return UNCERTAIN
+        return STALE
 
     def encode(self) -> bytes:
         doc: dict[str, Any] = {"format": FORMAT, "version": VERSION}
@@ -324,7 +346,11 @@ class Lease:
             self._take(nxt, forged, None)
             return
         unchanged_for = now - self._seen_since
-        ancient = rec is not None and self._wall() - rec.time > self.timeout + MAX_CLOCK_SKEW
+        # ancient: stale by the reader's timeout and dated in the past. A heartbeat from the future is stale to a
+        # one-shot reader, but a running node waits for it to stop changing instead: two nodes whose clocks
+        # differ by minutes would otherwise each find the other's fresh lease stale and take it in turn.
+        wall = self._wall()
+        ancient = rec is not None and rec.time <= wall and rec.state(wall, self.timeout) == STALE
         if unchanged_for >= self.timeout or ancient:
             who = rec.node if rec is not None else "an unreadable lease"
             why = (f"its heartbeat is {self._wall() - rec.time:.0f}s old by its own clock" if ancient and rec
@@ -429,3 +455,122 @@ class Lease:
                 self._record_error(exc)
                 log.warning("fractfs: could not release the checkpoint lease (%s); another node can take it "
                             "after %.0fs", exc, self.timeout)
+
+
+def _nothing() -> None:
+    pass
+
+
+class LeaseKeeper:
+    """Keeps one node's :class:`Lease` going: the ``fractfs-lease`` heartbeat thread, or a temporary one for
+    a single checkpoint when the node runs no thread (``init(start_daemon=False)``), and the log lines for
+    its transitions (acquired, lost, standby, store unreachable and back).
+
+    ``where`` names the store in messages; ``on_acquired``/``on_lost`` are called (from the ticking thread)
+    when this node takes the lease or stops holding it.
+    """
+
+    def __init__(self, lease: Lease, *, where: str, on_acquired: Callable[[], None] = _nothing,
+                 on_lost: Callable[[], None] = _nothing):
+        self.lease = lease
+        self.where = where
+        self.on_acquired = on_acquired
+        self.on_lost = on_lost
+        #: the last tick failed (store unreachable): the lease cannot be confirmed
+        self.failing = False
+        self._standby_logged: Optional[str] = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def running(self) -> bool:
+        """A heartbeat thread was started (and not stopped)."""
+        return self._thread is not None and not self._stop.is_set()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, args=(self._stop,), name="fractfs-lease", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating (does not wait: the thread is a daemon and at most one tick away from noticing)."""
+        self._stop.set()
+
+    def _loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.lease.beat_period):
+            self.tick()
+
+    def tick(self) -> bool:
+        """Renew or try to take the lease; logs transitions. Returns whether it is held and valid. Never raises."""
+        lease = self.lease
+        was = lease.held
+        try:
+            lease.tick()
+        except Exception as exc:  # noqa: BLE001 - a store hiccup must not stop the heartbeat thread
+            if not self.failing:
+                log.warning("fractfs: checkpoint lease: %s: %s (retrying every %.1fs)",
+                            type(exc).__name__, exc, lease.beat_period)
+            self.failing = True
+            return lease.valid()
+        if self.failing:
+            log.info("fractfs: checkpoint lease: store reachable again")
+            self.failing = False
+        if lease.held and not was:
+            self._standby_logged = None
+            self.on_acquired()
+        elif not lease.held:
+            holder = lease.holder.node if lease.holder is not None and not lease.holder.released else None
+            if holder is not None and holder != self._standby_logged:
+                self._standby_logged = holder
+                log.warning("fractfs: %s", self.standby_message())
+            if was:
+                self.on_lost()
+        return lease.valid()
+
+    def standby_message(self) -> str:
+        lease = self.lease
+        holder = lease.holder.node if lease.holder is not None else "another node"
+        return (f"checkpoints are paused on this node: {holder} holds the checkpoint lease on {self.where}. "
+                f"This node restored read-only and writes no snapshots; it takes over when that node releases "
+                f"the lease or sends no heartbeat for {lease.timeout:g}s")
+
+    def may_write(self, eager: bool) -> bool:
+        """True when this node may write a checkpoint now; False when another node holds the lease.
+
+        ``eager`` (sync_now, the final checkpoint) asks the store right away; otherwise taking the lease is
+        left to the heartbeat thread, which polls anyway. Raises :class:`LeaseLost` when this node holds the
+        lease but cannot confirm it (its renewal is overdue, or the store is unreachable).
+        """
+        lease = self.lease
+        if lease.valid():
+            return True
+        if eager or not self.running or lease.held:
+            self.tick()
+        if lease.valid():
+            return True
+        if lease.held or self.failing:
+            raise LeaseLost("cannot confirm the checkpoint lease: " + (lease.last_error or "its renewal is overdue"))
+        return False
+
+    @contextlib.contextmanager
+    def beating(self) -> Iterator[None]:
+        """Keep the lease renewed for the duration when no heartbeat thread does: otherwise a checkpoint
+        longer than half the lease timeout would lose the lease at its commit."""
+        if self.running or not self.lease.held:
+            yield
+            return
+        stop = threading.Event()
+        t = threading.Thread(target=self._loop, args=(stop,), name="fractfs-lease-sync", daemon=True)
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join(self.lease.beat_period + 5)
+
+    def fence(self) -> None:
+        """Raise :class:`LeaseLost` unless this node holds a valid lease at this very moment (the check made
+        right before a commit)."""
+        if not self.lease.valid():
+            raise LeaseLost("not committing: this node does not hold a valid checkpoint lease")

@@ -1,5 +1,5 @@
-"""Node-local files: replacing a small one (stat cache, status, bundle list, journals) all at once, and
-removing one that may already be gone.
+"""Node-local files: replacing a small one (stat cache, status, bundle list, journals) all at once,
+removing one that may already be gone, and hashing one.
 
 Everything fractfs keeps on the node holds app data or its hashes (the stat cache has every file's SHA-256: a
 PIN in a 0600 file was recovered from it), so it is private *from creation*: files 0600 and directories 0700,
@@ -8,6 +8,7 @@ the file in between keeps reading it). The umask can only take bits away from th
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import threading
@@ -81,3 +82,21 @@ def unlink_if_present(path: str | os.PathLike[str]) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+#: Read size for hashing: large enough that the per-call overhead vanishes, small enough to stay in cache.
+HASH_CHUNK = 1 << 20
+
+
+def hash_file(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """The sha256 (hex) of the file at ``path`` and the number of bytes read. Errors are raised as OSError."""
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            b = f.read(HASH_CHUNK)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+    return h.hexdigest(), n

@@ -1,11 +1,18 @@
-"""Finding snapshots on a store: list the manifest names, load and verify them, pick the newest valid one."""
+"""Finding snapshots on a store: list the manifest names, load and verify them, pick the newest valid one.
+
+Listings can lag (FUSE attribute and directory caches, ``/Volumes``, eventually consistent stores), so a listing
+alone could hide the newest manifest from a cold node, which would then restore the generation before it and
+commit over it. After each commit the writer therefore also names its manifest in ``snapshots/head.json`` (read
+by name, never listed), and every listing here is the union of the two: see docs/format.md, "The head".
+"""
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import weakref
 
-from ..errors import CorruptCheckpointError, StoreNotFound
+from ..errors import CorruptCheckpointError, FractfsError, SnapshotNotFound, StoreNotFound
 from ..stores.base import Store
 from .format import (
     MAX_MANIFEST_BYTES,
@@ -14,10 +21,79 @@ from .format import (
     SnapName,
     UnknownFormatError,
     decode_manifest,
+    parse_snapshot_id,
     parse_snapshot_key,
 )
 
 log = logging.getLogger("fractfs")
+
+#: The head pointer: the newest committed manifest, overwritten after each commit.
+HEAD_KEY = f"{SNAPSHOTS}head.json"
+HEAD_FORMAT = "fractfs-head"
+_MAX_HEAD_BYTES = 4096
+
+# A head naming a manifest that is gone is worth one warning per process, not one per checkpoint.
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(what: str, msg: str, *args: object) -> None:
+    with _warned_lock:
+        if what in _warned:
+            log.debug(msg, *args)
+            return
+        _warned.add(what)
+    log.warning(msg, *args)
+
+
+def encode_head(name: SnapName) -> bytes:
+    return json.dumps({"format": HEAD_FORMAT, "version": 1, "snapshot": name.id, "seq": name.seq}).encode() + b"\n"
+
+
+def decode_head(data: bytes) -> SnapName | None:
+    """The manifest a head names, or None (with a warning) when the head is not one we can read."""
+    try:
+        if len(data) > _MAX_HEAD_BYTES:
+            raise ValueError(f"{len(data)} bytes")
+        d = json.loads(data)
+        if not isinstance(d, dict) or d.get("format") != HEAD_FORMAT or d.get("version") != 1:
+            raise ValueError("not a version-1 fractfs head")
+        sid = d.get("snapshot")
+        name = parse_snapshot_id(sid) if isinstance(sid, str) else None
+        if name is None or d.get("seq") != name.seq:
+            raise ValueError(f"snapshot {sid!r} / seq {d.get('seq')!r} do not name a manifest")
+    except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        _warn_once(f"bad:{data[:200]!r}", "fractfs: ignoring %s: %s (the listing alone decides)", HEAD_KEY, exc)
+        return None
+    return name
+
+
+def read_head(store: Store) -> SnapName | None:
+    """The manifest named by the store's head, None when there is none (or it is unreadable as a head).
+
+    A store error propagates: it says nothing about which snapshot is newest.
+    """
+    try:
+        data = store.get(HEAD_KEY)
+    except StoreNotFound:
+        return None
+    return decode_head(data)
+
+
+def write_head(store: Store, name: SnapName) -> bool:
+    """Point the head at ``name``, a manifest just committed (a plain overwrite). False, logged, when that fails.
+
+    Never raises a fractfs error: the manifest is committed whether or not its head lands, and a head left
+    behind is only a hint (readers take the newer of it and the listing).
+    """
+    try:
+        store.put(HEAD_KEY, encode_head(name))
+    except FractfsError as exc:
+        log.warning("fractfs: snapshot %s is committed, but %s could not be updated (%s); a node whose listing "
+                    "lags may not see it until the next commit", name.short, HEAD_KEY, exc)
+        return False
+    return True
+
 
 #: Manifests this process found damaged, per store: name -> size then. Anyone who can write the store can plant
 #: a name that sorts newest (snapshots/999999999999-000…0.json.gz, 7 bytes): remembering the verdict keeps it
@@ -49,14 +125,29 @@ def without_damaged(store: Store, names: list[SnapName], sized: dict[SnapName, i
 
 
 def list_sized(store: Store) -> dict[SnapName, int]:
-    """Every well-named manifest on the store with its size. Other files under ``snapshots/`` are ignored."""
+    """Every well-named manifest on the store with its size, plus the head's when the listing lags behind it.
+
+    Other files under ``snapshots/`` are ignored. The head's manifest is added only if it is newer than all
+    listed ones and exists (its size is asked for by name); whether it verifies is decided by whoever loads
+    it, as for any listed manifest.
+    """
     out: dict[SnapName, int] = {}
     for key, size in store.list(SNAPSHOTS):
         n = parse_snapshot_key(key)
         if n is not None:
             out[n] = size
-        else:
+        elif key != HEAD_KEY:
             log.debug("ignoring foreign file %s in the snapshot area", key)
+    head = read_head(store)
+    if head is not None and head not in out and (not out or head > max(out)):
+        head_size = store.size(head.key)
+        if head_size is None:
+            _warn_once(f"gone:{head.id}", "fractfs: %s names snapshot %s, which is not on the store; ignoring the "
+                       "head (the listing alone decides)", HEAD_KEY, head.short)
+        else:
+            log.info("fractfs: the store's listing does not show snapshot %s yet; using it, as %s names it",
+                     head.short, HEAD_KEY)
+            out[head] = head_size
     return out
 
 
@@ -103,11 +194,17 @@ def load(store: Store, name: SnapName) -> Manifest:
 
 
 def resolve_id(names: list[SnapName], sid: str) -> SnapName:
-    """A snapshot given as its full id, its sequence number, or a unique prefix of its hash."""
+    """A snapshot given as its full id, its sequence number, a unique prefix of its hash, or the short
+    ``<seq>-<hash prefix>`` form (:attr:`SnapName.short`) that logs and ``fractfs snapshots`` print."""
     sid = sid.strip()
     for n in names:
         if n.id == sid:
             return n
+    seq, dash, prefix = sid.partition("-")
+    if dash and seq.isdigit() and len(prefix) >= 4:
+        short = [n for n in names if n.seq == int(seq) and n.digest.startswith(prefix.lower())]
+        if len(short) == 1:
+            return short[0]
     if sid.isdigit():
         hits = [n for n in names if n.seq == int(sid)]
     elif len(sid) >= 4:
@@ -117,8 +214,8 @@ def resolve_id(names: list[SnapName], sid: str) -> SnapName:
     if len(hits) == 1:
         return hits[0]
     if not hits:
-        raise CorruptCheckpointError(f"snapshot {sid!r} not found on the store")
-    raise CorruptCheckpointError(f"snapshot {sid!r} is ambiguous: {', '.join(n.short for n in hits)}")
+        raise SnapshotNotFound(f"snapshot {sid!r} not found on the store")
+    raise SnapshotNotFound(f"snapshot {sid!r} is ambiguous: {', '.join(n.short for n in hits)}")
 
 
 def newest_valid(store: Store, names: list[SnapName] | None = None,

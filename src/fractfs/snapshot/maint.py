@@ -1,9 +1,8 @@
-"""Looking after the store: list snapshots, the newest snapshot's paths, prune, verify."""
+"""Looking after the store: list snapshots, the newest snapshot's paths, prune, verify, stored sizes."""
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CorruptCheckpointError, FractfsError, StoreError, StoreNotFound
+from ..localfile import hash_file
 from ..stores.base import Store
 from . import catalog
 from .format import (
@@ -235,12 +235,8 @@ def verify(store: Store, snapshot_id: str | None = None, *, transfers: int = 8) 
                 with tempfile.TemporaryDirectory(prefix="fractfs-verify-") as td:
                     tmp = Path(td) / "obj"
                     store.get_file(key, tmp)
-                    h = hashlib.sha256()
-                    with open(tmp, "rb") as f:
-                        for b in iter(lambda: f.read(1 << 20), b""):
-                            h.update(b)
-                    ok = h.hexdigest() == bid
-                    size = os.path.getsize(tmp)
+                    digest, size = hash_file(tmp)
+                    ok = digest == bid
                 if not ok:
                     bad_blobs.append(key)
                 for sid, e in users:
@@ -273,3 +269,29 @@ def verify(store: Store, snapshot_id: str | None = None, *, transfers: int = 8) 
         log.error("fractfs: verify: %s", msg)
     res.duration = time.monotonic() - t0
     return res
+
+
+def blob_total(store: Store, snapshot_ids: list[str] | None) -> int:
+    """Bytes of the packs/objects the given snapshots reference (``None`` = every blob on the store).
+
+    A progress total for a long read (``fractfs verify``): a damaged or unknown snapshot adds nothing.
+    """
+    sizes: dict[str, int] = {}
+    for prefix in (PACKS, OBJECTS):
+        for key, size in store.list(prefix):
+            bid = blob_id_from_key(key)
+            if bid is not None:
+                sizes[bid] = size
+    if snapshot_ids is None:
+        return sum(sizes.values())
+    wanted: set[str] = set()
+    for sid in snapshot_ids:
+        name = parse_snapshot_id(sid)
+        if name is None:
+            continue
+        try:
+            m = catalog.load(store, name)
+        except CorruptCheckpointError:
+            continue
+        wanted.update(e.pack or e.object for e in m.entries if e.pack or e.object)
+    return sum(sizes.get(b, 0) for b in wanted)

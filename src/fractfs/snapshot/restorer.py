@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from ..localfile import create_private, private_dir, unlink_if_present
+from ..localfile import create_private, hash_file, unlink_if_present
 from ..errors import RestoreError, StoreError, StoreNotFound
 from ..stores.base import Store
-from . import catalog, scan, unrestored
+from . import catalog, statcache, unrestored
 from .format import DIR, FILE, SQLITE_SIDECARS, SYMLINK, Entry, Manifest, object_key, pack_key, valid_area
 from .scan import TMP_PREFIX, Want
 
@@ -161,11 +161,7 @@ class _Writer:
             return False
         if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
             return False
-        h = hashlib.sha256()
-        with open(dest, "rb", buffering=0) as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest() == e.sha256
+        return hash_file(dest)[0] == e.sha256
 
     def _tmp_for(self, dest: str) -> str:
         # one random id per restore plus a counter: no entropy syscall per file
@@ -889,19 +885,13 @@ def _seed_state(sdir: Path, m: Manifest, plan: _Planner, restored: set[str]) -> 
     Every manifest entry is listed (the cache must describe the whole snapshot it claims to match), but only
     files and links this restore wrote get stat facts; everything else is re-examined by the next checkpoint.
     """
-    from .engine import _entry_row, _facts, _StateLock
-
-    private_dir(sdir)
-    rows: dict[str, dict[str, Any]] = {}
-    for e in m.entries:
-        facts = None
+    def facts_of(e: Entry) -> statcache.Facts | None:
         root = plan.targets.get(e.area)
-        if root is not None and e.label in restored and e.type in (FILE, SYMLINK) and not e.sqlite:
-            try:
-                facts = _facts(os.lstat(os.path.join(root, e.path)))
-            except OSError:
-                facts = None
-        rows.setdefault(e.area, {})[e.path] = _entry_row(e, facts, None)
-    hdr = scan.CacheHeader(snapshot=m.id, files=m.file_count, bytes=m.byte_count)
-    with _StateLock(sdir):
-        scan.write_cache(sdir, hdr, rows)
+        if root is None or e.label not in restored or e.type not in (FILE, SYMLINK) or e.sqlite:
+            return None
+        try:
+            return statcache.stat_facts(os.lstat(os.path.join(root, e.path)))
+        except OSError:
+            return None
+
+    statcache.seed(sdir, m, facts_of)

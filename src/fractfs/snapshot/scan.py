@@ -1,4 +1,5 @@
-"""Walking the areas and the node-local stat cache that makes an unchanged tree cheap to checkpoint.
+"""Walking the areas: what is there now, as stat facts, and one digest of it all (the stat cache it is compared
+with lives in :mod:`.statcache`).
 
 The walk records one tuple per wanted entry: ``(relpath, st_mode, st_size, st_mtime_ns, st_ino, st_ctime_ns)``
 (directories carry only their mode, the rest zero, because a directory's mtime changes whenever anything in it
@@ -8,15 +9,12 @@ digest saved after the last successful checkpoint, so it never has to load the p
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import marshal
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-
-from ..localfile import unlink_if_present, write_replace
 
 log = logging.getLogger("fractfs")
 
@@ -168,89 +166,3 @@ def walk_digest(areas: dict[str, Path], walked: WalkResult, side: list[tuple[str
 
 def fresh_side(areas: dict[str, Path], dbs: list[tuple[str, str]]) -> list[tuple[str, str, Any]]:
     return [(a, r, sidecar_facts(os.path.join(os.fspath(areas[a]), r))) for a, r in dbs if a in areas]
-
-
-# -- the stat cache ---------------------------------------------------------------------------------------
-#
-# File: one JSON header line, then a marshal payload: {area: {relpath: CacheRow}}. The header alone answers
-# "did anything change?" together with the walk digest; the payload is read only when something did.
-# marshal is fast and cannot execute code, but is not meant for damaged input, so the payload is checked
-# against the sha256 in the header first. No fsync: a cache lost to a crash only costs re-hashing.
-
-CACHE_FILE = "statcache.v1"
-CACHE_MAGIC = "fractfs-statcache"
-
-# (type, mode, size, mtime_ns, sha256, pack, offset, object, target, sqlite, facts, side)
-#   facts: the walk tuple minus the path, as seen when the entry was captured, or None when the entry must be
-#          re-read next time (it was busy, racy, or carried forward).
-#   side:  sidecar_facts() for SQLite dbs, else None.
-CacheRow = tuple[Any, ...]
-
-
-@dataclass
-class CacheHeader:
-    snapshot: str | None = None
-    #: Byte size of that manifest as written, compared with the store listing.
-    snapshot_size: int | None = None
-    digest: str | None = None
-    sqlite: list[tuple[str, str]] = field(default_factory=list)
-    files: int = 0
-    bytes: int = 0
-    payload_sha256: str = ""
-
-
-def read_header(state_dir: Path) -> tuple[CacheHeader | None, int]:
-    """The cache header and the byte offset of the payload, or (None, 0) when absent or unreadable."""
-    try:
-        with open(state_dir / CACHE_FILE, "rb") as f:
-            line = f.readline(1 << 20)
-            doc = json.loads(line)
-            if not isinstance(doc, dict) or doc.get("magic") != CACHE_MAGIC or doc.get("v") != 1:
-                raise ValueError("unknown stat cache format")
-            hdr = CacheHeader(
-                snapshot=doc.get("snapshot"), snapshot_size=doc.get("snapshot_size"), digest=doc.get("digest"),
-                sqlite=[(str(a), str(r)) for a, r in doc.get("sqlite", [])],
-                files=int(doc.get("files", 0)), bytes=int(doc.get("bytes", 0)),
-                payload_sha256=str(doc.get("payload_sha256", "")),
-            )
-            return hdr, len(line)
-    except FileNotFoundError:
-        return None, 0
-    except (OSError, ValueError, TypeError) as exc:
-        log.warning("fractfs: ignoring unreadable stat cache %s (%s); files will be re-hashed",
-                    state_dir / CACHE_FILE, exc)
-        return None, 0
-
-
-def read_rows(state_dir: Path, hdr: CacheHeader, offset: int) -> dict[str, dict[str, CacheRow]] | None:
-    """The per-file rows, or None when the payload is missing or damaged."""
-    try:
-        with open(state_dir / CACHE_FILE, "rb") as f:
-            f.seek(offset)
-            payload = f.read()
-        if hashlib.sha256(payload).hexdigest() != hdr.payload_sha256:
-            raise ValueError("payload checksum mismatch")
-        rows = marshal.loads(payload)
-        if not isinstance(rows, dict):
-            raise ValueError("payload is not a mapping")  # noqa: TRY004 - caught right below, never escapes
-        return rows
-    except (OSError, ValueError, EOFError, TypeError) as exc:
-        log.warning("fractfs: ignoring damaged stat cache %s (%s); files will be re-hashed",
-                    state_dir / CACHE_FILE, exc)
-        return None
-
-
-def write_cache(state_dir: Path, hdr: CacheHeader, rows: dict[str, dict[str, CacheRow]]) -> None:
-    payload = marshal.dumps(rows, 4)
-    hdr.payload_sha256 = hashlib.sha256(payload).hexdigest()
-    head = json.dumps({
-        "magic": CACHE_MAGIC, "v": 1, "snapshot": hdr.snapshot, "snapshot_size": hdr.snapshot_size,
-        "digest": hdr.digest,
-        "sqlite": [list(x) for x in hdr.sqlite], "files": hdr.files, "bytes": hdr.bytes,
-        "payload_sha256": hdr.payload_sha256,
-    }, separators=(",", ":")).encode() + b"\n"
-    write_replace(state_dir / CACHE_FILE, head, payload)
-
-
-def drop_cache(state_dir: Path) -> None:
-    unlink_if_present(state_dir / CACHE_FILE)

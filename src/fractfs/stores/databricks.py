@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, TypeVar
 
-from ..errors import AlreadyExists, ConfigError, StoreError, StoreNotFound
+from ..errors import AlreadyExists, ConfigError, ObjectTooLarge, StoreError, StoreNotFound
 from .base import check_key, check_prefix
 from .transfer import parallel_map
 
@@ -52,6 +52,8 @@ _CREDENTIALS_HINT = (
     "Databricks Apps inject these) or DATABRICKS_TOKEN, or a DATABRICKS_CONFIG_PROFILE"
 )
 _GRANTS_HINT = "the principal needs USE CATALOG, USE SCHEMA, READ VOLUME and WRITE VOLUME on the volume"
+# A 403 whose message says this is a credentials problem (a wrong, expired or revoked token), not missing grants.
+_BAD_TOKEN_RE = re.compile(r"invalid (access )?token|token (is )?(expired|revoked|invalid)", re.IGNORECASE)
 
 
 def parse_volume_root(root: str) -> tuple[str, str, str, str]:
@@ -106,7 +108,9 @@ class DatabricksFilesStore:
     authentication chain (environment, then config profiles). ``transfers`` bounds the threads used by
     :meth:`put_many`, :meth:`get_many` and :meth:`list`. ``retry_timeout`` bounds, in seconds, how long one
     operation keeps retrying transient failures before it raises StoreError; with a client passed in, throttling
-    is retried for as long as that client's own ``retry_timeout_seconds`` says.
+    is retried for as long as that client's own ``retry_timeout_seconds`` says. An object larger than
+    ``max_object_size`` (the Files API's single-request limit, lowered only by tests) is refused with
+    ObjectTooLarge before anything is sent.
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class DatabricksFilesStore:
         client: Any = None,
         transfers: int = 16,
         retry_timeout: float = 60.0,
+        max_object_size: int = SINGLE_REQUEST_LIMIT,
     ) -> None:
         catalog, schema, volume, prefix = parse_volume_root(root)
         if transfers < 1:
@@ -127,6 +132,7 @@ class DatabricksFilesStore:
         self.url = f"dbfs:{self.root}"
         self.transfers = transfers
         self.retry_timeout = float(retry_timeout)
+        self.max_object_size = max_object_size
         self._sdk = _Sdk()
         self._client = client if client is not None else self._default_client()
         self._api = self._client.api_client
@@ -213,6 +219,11 @@ class DatabricksFilesStore:
             return StoreError(
                 f"{op} {path}: Databricks rejected the credentials (HTTP 401): {err}; {_CREDENTIALS_HINT}"
             )
+        if isinstance(err, e.PermissionDenied) and _BAD_TOKEN_RE.search(str(err)):
+            return StoreError(
+                f"{op} {path}: Databricks rejected the access token (HTTP 403: {err}); the token is wrong, "
+                f"expired or revoked: renew DATABRICKS_TOKEN or the profile's token, or {_CREDENTIALS_HINT}"
+            )
         if isinstance(err, e.PermissionDenied):
             return StoreError(f"{op} {path}: permission denied (HTTP 403): {err}; {_GRANTS_HINT}")
         if isinstance(err, e.DatabricksError):
@@ -259,8 +270,18 @@ class DatabricksFilesStore:
                 time.sleep(delay)
 
     # ---- the Store protocol ------------------------------------------------------------------------------
+    def _too_large(self, key: str, path: str, size: int, source: str) -> ObjectTooLarge:
+        return ObjectTooLarge(
+            f"{path}: {source} is {size} bytes; the Files API takes at most {self.max_object_size} bytes in one "
+            "request, so this object cannot be stored there (keep such a file out of the checkpoint, e.g. on "
+            "the Volume through [dirs], or split it)",
+            key=key,
+        )
+
     def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
         path = self._path(key)
+        if len(data) > self.max_object_size:
+            raise self._too_large(key, path, len(data), "the object")
         try:
             # Plain bytes, not a stream: every SDK release can send bytes again on a retry, whereas releases
             # before the fix for databricks-sdk-py#796 re-sent an already consumed stream as an empty body.
@@ -278,11 +299,8 @@ class DatabricksFilesStore:
     def put_file(self, key: str, path: Path) -> None:
         target = self._path(key)
         size = os.stat(path).st_size
-        if size > SINGLE_REQUEST_LIMIT:
-            raise StoreError(
-                f"put_file {target}: {path} is {size} bytes; the Files API takes at most {SINGLE_REQUEST_LIMIT} "
-                "bytes in one request, so split it into smaller objects"
-            )
+        if size > self.max_object_size:
+            raise self._too_large(key, target, size, str(path))
         opened: list[BinaryIO] = []
 
         def body() -> BinaryIO:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from ..errors import AlreadyExists, StoreError, StoreNotFound
+from ..errors import AlreadyExists, ObjectTooLarge, StoreError, StoreFull, StoreNotFound
 from ._s3fast import Credentials, FastS3, target_from_request
 from .base import check_key, check_prefix
 from .transfer import DEFAULT_ATTEMPTS, aretry, parallel_map, retry
@@ -101,7 +101,7 @@ class FsspecStore:
     """Objects under an fsspec URL; keys are appended to it with '/'."""
 
     def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None,
-                 attempts: int = DEFAULT_ATTEMPTS, fast_path: bool | None = None) -> None:
+                 attempts: int = DEFAULT_ATTEMPTS, fast_path: bool = True) -> None:
         try:
             import fsspec
             from fsspec.asyn import AsyncFileSystem
@@ -143,9 +143,6 @@ class FsspecStore:
         if self._is_s3 and cat is not None and "max_concurrency" in inspect.signature(cat).parameters:
             self._cat_kw = {"max_concurrency": 1}
         # The lean S3 client (see _s3fast) for PUT/GET; decided lazily, on the first request.
-        if fast_path is None:
-            fast_path = os.environ.get("FRACTFS_S3_FAST_PATH", os.environ.get("fractfs_S3_FAST_PATH", "1")
-                                       ).strip().lower() not in ("0", "false", "no", "off")
         self._fast_wanted = self._is_s3 and self._async and fast_path and _fast_path_possible(opts)
         self._fast: FastS3 | None = None
         self._fast_pid = 0
@@ -178,6 +175,9 @@ class FsspecStore:
                 err = StoreNotFound(f"{key} not found in {self.url}")
             elif code == "PreconditionFailed" or status == 412:
                 err = AlreadyExists(f"{key} already exists in {self.url}")
+            elif code == "EntityTooLarge" or status == 413:
+                err = ObjectTooLarge(f"cannot {action} {where}: the store refuses an object this large ({code}: "
+                                     f"{message})", key=key)
             elif code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch") or status == 403:
                 err = StoreError(f"cannot {action} {where}: access denied ({code}: {message}); "
                                  "check the credentials and the bucket policy")
@@ -189,6 +189,11 @@ class FsspecStore:
             err = StoreNotFound(f"{key} not found in {self.url}")
         elif isinstance(exc, PermissionError):
             err = StoreError(f"cannot {action} {where}: permission denied ({exc})")
+        elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            err = StoreFull(f"cannot {action} {where}: no space left on the store ({exc}); free space there",
+                            key=key)
+        elif isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+            err = ObjectTooLarge(f"cannot {action} {where}: the store refuses a file this large ({exc})", key=key)
         elif is_transient(exc):
             err = StoreError(f"cannot {action} {where}: store unreachable or failing "
                              f"({type(exc).__name__}: {exc}); gave up after {self.attempts} attempts")

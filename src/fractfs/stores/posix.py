@@ -15,11 +15,12 @@ import logging
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Callable
 
-from ..errors import AlreadyExists, StoreError, StoreNotFound
+from ..errors import AlreadyExists, ObjectTooLarge, StoreError, StoreFull, StoreNotFound, VolumeNotMounted
 from .base import TEMP_SUFFIX_RE, check_key, check_prefix
 from .transfer import parallel_map
 
@@ -72,11 +73,15 @@ class PosixStore:
     def __init__(self, root: Path | str) -> None:
         # The root is not created here: if a Volume is not mounted, making its directory would silently
         # put "durable" data on the node's ephemeral disk. It is created on the first write instead,
-        # after whoever configured it had the chance to check the mount.
+        # after whoever configured it had the chance to check the mount - and only once: a root that
+        # this store has seen and that is gone later means its Volume went away (unmounted, renamed), and
+        # recreating it would write the checkpoint into the empty mountpoint on local disk.
         self.root = Path(root)
         self._root = os.fspath(self.root).rstrip("/") or "/"
         self.url = self._root
         self._known_dirs: set[str] = set()
+        self._root_seen = False
+        self._root_lock = threading.Lock()
         self._rename_ok = True
         self._link_ok = True
         self._dir_fsync_ok = True
@@ -88,13 +93,22 @@ class PosixStore:
     def _path(self, key: str) -> str:
         return self._root + "/" + check_key(key)
 
-    def _error(self, action: str, path: str, exc: OSError) -> StoreError:
+    def _error(self, action: str, path: str, exc: OSError, key: str = "") -> StoreError:
         code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
         why = exc.strerror or str(exc)
+        err: StoreError
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            msg = (f"volume full: cannot {action} {path}: no space left on device ({code}); "
-                   f"free space on {self._root} or give it a larger volume")
-        elif exc.errno == errno.EROFS:
+            err = StoreFull(f"volume full: cannot {action} {path}: no space left on device ({code}); "
+                            f"free space on {self._root} or give it a larger volume", key=key)
+            err.__cause__ = exc
+            return err
+        if exc.errno == errno.EFBIG:
+            err = ObjectTooLarge(f"cannot {action} {path}: the file system at {self._root} does not take a file "
+                                 f"this large ({code}); store it elsewhere or use a volume without that limit",
+                                 key=key)
+            err.__cause__ = exc
+            return err
+        if exc.errno == errno.EROFS:
             msg = f"cannot {action} {path}: {self._root} is mounted read-only ({code})"
         elif exc.errno == errno.ENOTCONN:
             msg = (f"cannot {action} {path}: the mount at {self._root} is gone ({why}, {code}); "
@@ -108,15 +122,66 @@ class PosixStore:
         return err
 
     # -- low-level write helpers --------------------------------------------------------------------
-    def _ensure_dir(self, d: str) -> None:
-        """mkdir -p, remembered: on FUSE every mkdir is a round trip to the daemon."""
+    def _vanished(self) -> VolumeNotMounted:
+        return VolumeNotMounted(
+            f"the checkpoint area {self._root} is gone: the Volume it was on is no longer mounted here (or was "
+            "renamed); fractfs does not recreate it on local disk. Mount the Volume again; checkpoints resume "
+            "by themselves")
+
+    def _check_root(self) -> bool:
+        """Whether the root exists now; VolumeNotMounted when it existed before and does not any more."""
+        # Read the flag before looking: another thread may create the root (and set the flag) in between, and
+        # only a root seen before this look and missing in it has vanished.
+        seen = self._root_seen
+        if os.path.isdir(self._root):
+            self._root_seen = True
+            return True
+        if seen:
+            self._known_dirs.clear()
+            raise self._vanished()
+        return False
+
+    def _ensure_dir(self, d: str, *, again: bool = True) -> None:
+        """mkdir -p below the root, remembered: on FUSE every mkdir is a round trip to the daemon.
+
+        The root itself is created at most once (see __init__); the levels below it one by one with mkdir,
+        so a root that vanished is noticed (ENOENT) instead of being made again as a side effect.
+        """
         if d in self._known_dirs:
             return
-        try:
-            os.makedirs(d, exist_ok=True)
-        except OSError as exc:
-            raise self._error("create directory", d, exc) from exc
-        self._known_dirs.add(d)
+        if self._root not in self._known_dirs:
+            with self._root_lock:  # writers in other threads must not take our fresh root for a vanished one
+                if not self._check_root():
+                    try:
+                        os.makedirs(self._root, exist_ok=True)
+                    except OSError as exc:
+                        raise self._error("create directory", self._root, exc) from exc
+                    self._root_seen = True
+                self._known_dirs.add(self._root)
+        if d == self._root:
+            return
+        cur = self._root
+        for part in d[len(self._root) + 1:].split("/"):
+            cur = cur + "/" + part
+            if cur in self._known_dirs:
+                continue
+            try:
+                os.mkdir(cur)
+            except FileExistsError:
+                pass
+            except FileNotFoundError as exc:
+                # A level we remembered is gone: the root (the Volume went away) or a directory pruned since.
+                self._known_dirs.clear()
+                if not self._check_root():
+                    raise self._vanished() from exc
+                if not again:
+                    raise self._error("create directory", cur, exc) from exc
+                self._known_dirs.add(self._root)
+                self._ensure_dir(d, again=False)  # once more from the root down, nothing remembered
+                return
+            except OSError as exc:
+                raise self._error("create directory", cur, exc) from exc
+            self._known_dirs.add(cur)
 
     def _fsync_dir(self, d: str) -> None:
         if not self._dir_fsync_ok:
@@ -175,10 +240,13 @@ class PosixStore:
                     self._store_exclusive(key, path, writer)
                 else:
                     self._store_replace(path, writer)
+            except FileNotFoundError as exc2:
+                self._check_root()  # a Volume that went away mid-write is named as such
+                raise self._error("write", path, exc2, key) from exc
             except OSError as exc2:
-                raise self._error("write", path, exc2) from exc
+                raise self._error("write", path, exc2, key) from exc
         except OSError as exc:
-            raise self._error("write", path, exc) from exc
+            raise self._error("write", path, exc, key) from exc
         self._fsync_dir(parent)
 
     def _store_replace(self, path: str, writer: Writer) -> None:
@@ -347,6 +415,9 @@ class PosixStore:
             start = self._root + "/" + rel[:-1]
         else:
             rel, start = "", self._root
+        # A missing root lists as empty (nothing written yet), unless this store saw it before: then the
+        # Volume went away, and "no snapshots" would make a restore start from nothing.
+        self._check_root()
         return self._walk(start, rel, prefix)
 
     def _walk(self, start: str, rel0: str, prefix: str) -> Iterator[tuple[str, int]]:

@@ -1,0 +1,193 @@
+"""The node-local stat cache: what the last checkpoint (or restore) saw of every entry, and the lock on it.
+
+It makes an unchanged tree cheap to checkpoint: a file whose stat facts are those remembered here keeps its
+stored copy without being read. It is only ever written *after* the snapshot it describes is committed (or,
+by a restore, after the files are on disk), so it never runs ahead of the store; losing it only costs
+re-hashing.
+
+File ``statcache.v1`` in the state dir: one JSON header line, then a marshal payload
+``{area: {relpath: row}}`` with rows as plain tuples in :class:`CacheRow` order. The header alone answers "did
+anything change?" together with the walk digest (see :mod:`.scan`); the payload is read only when something
+did. marshal is fast and cannot execute code, but is not meant for damaged input, so the payload is checked
+against the sha256 in the header first. No fsync: a cache lost to a crash only costs re-hashing.
+
+Who uses it: the engine (load before a checkpoint, save after its commit), the restorer (:func:`seed` after a
+restore), and ``fractfs prune`` (:class:`StateLock`, so it never runs in the middle of a checkpoint).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import marshal
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Optional
+
+from ..localfile import private_dir, unlink_if_present, write_replace
+from .format import Entry, Manifest
+
+try:  # POSIX only; the state dir lock is a courtesy on platforms without it
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("fractfs")
+
+CACHE_FILE = "statcache.v1"
+CACHE_MAGIC = "fractfs-statcache"
+LOCK_FILE = "lock"
+
+#: What the cache remembers of a file's stat: (st_mode, st_size, st_mtime_ns, st_ino, st_ctime_ns), i.e. the
+#: walk's record (scan.Rec) without its path, so the two compare directly.
+Facts = tuple[int, ...]
+
+
+def stat_facts(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """The :data:`Facts` of a stat result."""
+    return (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+class CacheRow(NamedTuple):
+    """One remembered entry: the snapshot Entry's fields after (area, path), then what was seen on disk."""
+
+    type: str
+    mode: int
+    size: int
+    mtime_ns: int
+    sha256: str
+    pack: str
+    offset: int
+    object: str
+    target: str
+    sqlite: bool
+    #: The entry's stat facts when it was captured, or None when it must be re-read next time (it was busy,
+    #: too fresh to trust, or carried forward without looking).
+    facts: Optional[Facts]
+    #: scan.sidecar_facts() for a SQLite database (its -wal/-journal), else None.
+    side: Optional[tuple[Any, ...]]
+
+    @classmethod
+    def of(cls, e: Entry, facts: Optional[Facts], side: Optional[tuple[Any, ...]]) -> CacheRow:
+        return cls(e.type, e.mode, e.size, e.mtime_ns, e.sha256, e.pack, e.offset, e.object, e.target,
+                   e.sqlite, facts, side)
+
+    def entry(self, area: str, rel: str) -> Entry:
+        # the first ten fields are the Entry's fields after (area, path), in the same order
+        return Entry._make((area, rel) + tuple(self[:10]))
+
+
+#: The whole cache payload: area -> relpath -> row.
+Rows = dict[str, dict[str, CacheRow]]
+
+
+@dataclass
+class CacheHeader:
+    snapshot: str | None = None
+    #: Byte size of that manifest as written, compared with the store listing.
+    snapshot_size: int | None = None
+    #: scan.walk_digest() of the tree when it was saved; None when the next checkpoint must look at rows.
+    digest: str | None = None
+    sqlite: list[tuple[str, str]] = field(default_factory=list)
+    files: int = 0
+    bytes: int = 0
+    payload_sha256: str = ""
+
+
+def read_header(state_dir: Path) -> tuple[CacheHeader | None, int]:
+    """The cache header and the byte offset of the payload, or (None, 0) when absent or unreadable."""
+    try:
+        with open(state_dir / CACHE_FILE, "rb") as f:
+            line = f.readline(1 << 20)
+            doc = json.loads(line)
+            if not isinstance(doc, dict) or doc.get("magic") != CACHE_MAGIC or doc.get("v") != 1:
+                raise ValueError("unknown stat cache format")
+            hdr = CacheHeader(
+                snapshot=doc.get("snapshot"), snapshot_size=doc.get("snapshot_size"), digest=doc.get("digest"),
+                sqlite=[(str(a), str(r)) for a, r in doc.get("sqlite", [])],
+                files=int(doc.get("files", 0)), bytes=int(doc.get("bytes", 0)),
+                payload_sha256=str(doc.get("payload_sha256", "")),
+            )
+            return hdr, len(line)
+    except FileNotFoundError:
+        return None, 0
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("fractfs: ignoring unreadable stat cache %s (%s); files will be re-hashed",
+                    state_dir / CACHE_FILE, exc)
+        return None, 0
+
+
+def read_rows(state_dir: Path, hdr: CacheHeader, offset: int) -> Rows | None:
+    """The per-file rows, or None when the payload is missing or damaged."""
+    try:
+        with open(state_dir / CACHE_FILE, "rb") as f:
+            f.seek(offset)
+            payload = f.read()
+        if hashlib.sha256(payload).hexdigest() != hdr.payload_sha256:
+            raise ValueError("payload checksum mismatch")
+        raw = marshal.loads(payload)
+        if not isinstance(raw, dict):
+            raise ValueError("payload is not a mapping")  # noqa: TRY004 - caught right below, never escapes
+        make = CacheRow._make
+        return {area: {rel: make(row) for rel, row in arows.items()} for area, arows in raw.items()}
+    except (OSError, ValueError, EOFError, TypeError) as exc:
+        log.warning("fractfs: ignoring damaged stat cache %s (%s); files will be re-hashed",
+                    state_dir / CACHE_FILE, exc)
+        return None
+
+
+def write_cache(state_dir: Path, hdr: CacheHeader, rows: Rows) -> None:
+    """Replace the cache with ``hdr`` and ``rows`` (all at once: a reader sees the old cache or the new)."""
+    # marshal only takes plain tuples, not NamedTuple instances
+    payload = marshal.dumps({a: {r: tuple(row) for r, row in ar.items()} for a, ar in rows.items()}, 4)
+    hdr.payload_sha256 = hashlib.sha256(payload).hexdigest()
+    head = json.dumps({
+        "magic": CACHE_MAGIC, "v": 1, "snapshot": hdr.snapshot, "snapshot_size": hdr.snapshot_size,
+        "digest": hdr.digest,
+        "sqlite": [list(x) for x in hdr.sqlite], "files": hdr.files, "bytes": hdr.bytes,
+        "payload_sha256": hdr.payload_sha256,
+    }, separators=(",", ":")).encode() + b"\n"
+    write_replace(state_dir / CACHE_FILE, head, payload)
+
+
+def drop_cache(state_dir: Path) -> None:
+    unlink_if_present(state_dir / CACHE_FILE)
+
+
+class StateLock:
+    """Exclusive lock on a state dir (``flock`` on its ``lock`` file), held by a checkpoint from its first
+    look at the stat cache until the cache describes what it committed, by a restore's seeding, and by
+    ``fractfs prune`` (a checkpoint's new blobs are unreferenced until its manifest lands). Blocks until free.
+    """
+
+    def __init__(self, state_dir: Path):
+        self.path = Path(state_dir) / LOCK_FILE
+        self.fd = -1
+
+    def __enter__(self) -> StateLock:  # noqa: PYI034 - not meant to be subclassed
+        if fcntl is not None:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = -1
+
+
+def seed(state_dir: Path, m: Manifest, facts_of: Callable[[Entry], Optional[Facts]]) -> None:
+    """Describe snapshot ``m`` as now on disk, after a restore wrote (some of) it.
+
+    Every manifest entry is listed, since the cache must describe the whole snapshot it claims to match;
+    ``facts_of(entry)`` gives the stat facts of entries known to match their stored copy, None for the rest
+    (the next checkpoint re-examines those).
+    """
+    private_dir(state_dir)  # 0700 from creation: the rows hold every file's sha256 (docs/security.md)
+    rows: Rows = {}
+    for e in m.entries:
+        rows.setdefault(e.area, {})[e.path] = CacheRow.of(e, facts_of(e), None)
+    hdr = CacheHeader(snapshot=m.id, files=m.file_count, bytes=m.byte_count)
+    with StateLock(state_dir):
+        write_cache(state_dir, hdr, rows)

@@ -1,0 +1,103 @@
+"""The stat cache (snapshot/statcache.py): named rows, load/save, damage handling, the state lock, seeding."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from fractfs.snapshot import checkpoint, restore, statcache
+from fractfs.snapshot.format import FILE, Entry, Manifest, encode_manifest
+from fractfs.snapshot.statcache import CacheHeader, CacheRow, StateLock
+from fractfs.stores.posix import PosixStore
+
+
+def _row(sha: str = "ab" * 32, facts: tuple[int, ...] | None = (0o100644, 3, 5, 7, 9)) -> CacheRow:
+    return CacheRow.of(Entry("root", "a.txt", FILE, mode=0o644, size=3, mtime_ns=5, sha256=sha, pack="p" * 64,
+                             offset=12), facts, None)
+
+
+def test_row_round_trips_through_the_file_with_its_field_names(tmp_path: Path) -> None:
+    row = _row()
+    assert row.entry("root", "a.txt") == Entry("root", "a.txt", FILE, mode=0o644, size=3, mtime_ns=5,
+                                               sha256="ab" * 32, pack="p" * 64, offset=12)
+    hdr = CacheHeader(snapshot="000000000001-x", snapshot_size=10, digest="d", files=1, bytes=3)
+    statcache.write_cache(tmp_path, hdr, {"root": {"a.txt": row}})
+    got, at = statcache.read_header(tmp_path)
+    assert got is not None and got.snapshot == "000000000001-x" and got.snapshot_size == 10
+    assert got.digest == "d" and got.files == 1 and got.bytes == 3 and at > 0
+    rows = statcache.read_rows(tmp_path, got, at)
+    assert rows is not None
+    back = rows["root"]["a.txt"]
+    assert isinstance(back, CacheRow) and back == row
+    assert back.facts == (0o100644, 3, 5, 7, 9) and back.sha256 == "ab" * 32 and back.side is None
+
+
+def test_damaged_payload_or_header_is_ignored_not_trusted(tmp_path: Path) -> None:
+    statcache.write_cache(tmp_path, CacheHeader(snapshot="s"), {"root": {"a.txt": _row()}})
+    path = tmp_path / statcache.CACHE_FILE
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # a flipped bit in the payload
+    path.write_bytes(bytes(data))
+    hdr, at = statcache.read_header(tmp_path)
+    assert hdr is not None
+    assert statcache.read_rows(tmp_path, hdr, at) is None
+    path.write_bytes(b"not json\n")
+    assert statcache.read_header(tmp_path) == (None, 0)
+    statcache.drop_cache(tmp_path)
+    statcache.drop_cache(tmp_path)  # already gone is fine
+    assert not path.exists() and statcache.read_header(tmp_path) == (None, 0)
+
+
+def test_state_lock_excludes_a_second_holder(tmp_path: Path) -> None:
+    order: list[str] = []
+    entered = threading.Event()
+
+    def second() -> None:
+        entered.set()
+        with StateLock(tmp_path):
+            order.append("second")
+
+    with StateLock(tmp_path):
+        t = threading.Thread(target=second)
+        t.start()
+        entered.wait(5)
+        time.sleep(0.2)
+        order.append("first")
+    t.join(5)
+    assert order == ["first", "second"]
+
+
+def test_seed_after_restore_lets_the_next_checkpoint_skip_reading(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("hello")
+    (src / "b.txt").write_text("world")
+    store = PosixStore(str(tmp_path / "store"))
+    res = checkpoint(store, {"root": src}, None, state_dir=tmp_path / "state1")
+    assert res.snapshot_id
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    restore(store, {"root": dst}, state_dir=tmp_path / "state2")
+    hdr, at = statcache.read_header(tmp_path / "state2")
+    assert hdr is not None and hdr.snapshot == res.snapshot_id and hdr.files == 2
+    rows = statcache.read_rows(tmp_path / "state2", hdr, at)
+    assert rows is not None
+    st = os.lstat(dst / "a.txt")
+    assert rows["root"]["a.txt"].facts == statcache.stat_facts(st)
+    # nothing changed since the restore: no new snapshot
+    again = checkpoint(store, {"root": dst}, None, state_dir=tmp_path / "state2")
+    assert again.snapshot_id is None and again.parent == res.snapshot_id
+
+
+def test_seed_lists_every_entry_and_facts_only_where_given(tmp_path: Path) -> None:
+    entries = [Entry("root", "a", FILE, size=1, sha256="a" * 64, object="a" * 64),
+               Entry("root", "b", FILE, size=1, sha256="b" * 64, object="b" * 64)]
+    m = Manifest(seq=1, created_ns=1, node="n", parent=None, entries=entries)
+    m.name = encode_manifest(m)[0]
+    statcache.seed(tmp_path / "s", m, lambda e: (1, 2, 3, 4, 5) if e.path == "a" else None)
+    hdr, at = statcache.read_header(tmp_path / "s")
+    assert hdr is not None and hdr.snapshot == m.id and hdr.files == 2 and hdr.digest is None
+    rows = statcache.read_rows(tmp_path / "s", hdr, at)
+    assert rows is not None and set(rows["root"]) == {"a", "b"}
+    assert rows["root"]["a"].facts == (1, 2, 3, 4, 5) and rows["root"]["b"].facts is None
