@@ -41,9 +41,9 @@ _DIGITS = 12
 #: The highest generation a 12-digit name can hold. Reaching it honestly takes 10**12 acquisitions, so a lease at
 #: the top is a forged or corrupt object; _successor() steps around it instead of failing (docs/security.md).
 MAX_GENERATION = 10**_DIGITS - 1
-#: The longest heartbeat timeout a one-shot reader (``fractfs status``) believes from a lease record. The record
-#: is written by whoever can write the Volume: a forged ``"timeout": 1e30`` must not make its holder look live
-#: for ever. A live holder beats every ``timeout / 4``, so this only misjudges timeouts of over 4 hours.
+#: The longest heartbeat timeout LeaseRecord.state believes from a lease record (when the reader gives none).
+#: The record is written by whoever can write the Volume: a forged ``"timeout": 1e30`` must not make its holder
+#: look live for ever. A live holder beats every ``timeout / 4``, so this only misjudges timeouts over 4 hours.
 MAX_RECORD_TIMEOUT = 3600.0
 FORMAT = "fractfs-lease"
 VERSION = 1
@@ -84,7 +84,6 @@ def _successor(gens: list[int]) -> tuple[int, Optional[int]]:
         return top + 1, None
     rest = [g for g in gens if g < MAX_GENERATION]
     return (rest[-1] + 1 if rest else 1), top
-
 
 
 def newest(store: Store) -> Optional[tuple[str, Optional[LeaseRecord]]]:
