@@ -186,6 +186,91 @@ def test_describe_for_a_standby_node(store: PosixStore) -> None:
     assert a.describe()["key"] == lease_key(1) and a.describe()["holder_heartbeat_age"] is None
 
 
+# -- forged lease objects (issue 16, point 4): someone who can write the Volume plants a lease ----------------
+
+def test_a_forged_top_generation_delays_a_takeover_by_one_timeout_only(store: PosixStore) -> None:
+    # lease.999999999999 is the largest name 12 digits hold: g + 1 has no name, and today's code looped on it
+    from fractfs.lease import MAX_GENERATION
+
+    mono = Clock()
+    forged = lease_key(MAX_GENERATION)
+    assert forged == "locks/lease.999999999999"
+    store.put(forged, record(MAX_GENERATION, "forger"))
+    b = Lease(store, "B", 10, clock=mono)
+    assert b.tick() is False and b.describe()["state"] == "standby"  # looks live until it fails to beat
+    mono.t += 10
+    assert b.describe()["state"] == "stale"  # never called live after one timeout without a beat
+    assert b.tick() is True and b.generation == 1
+    assert [k for k, _ in store.list("locks/")] == [lease_key(1)]
+    assert b.tick() is True  # renewals go on: the node keeps committing
+
+
+def test_a_holder_displaced_by_a_forged_generation_takes_it_back_after_one_timeout(store: PosixStore) -> None:
+    from fractfs.lease import MAX_GENERATION
+
+    mono = Clock()
+    a = Lease(store, "A", 10, clock=mono)
+    assert a.tick() is True and a.generation == 1
+    store.put(lease_key(MAX_GENERATION), b"\x00garbage, not a lease record")
+    assert a.tick() is False  # a newer generation appeared: A stands down (it cannot tell forged from real)
+    mono.t += 5
+    assert a.tick() is False
+    mono.t += 10
+    assert a.tick() is True and a.generation == 2  # counted from the generations below the forged one
+    assert sorted(k for k, _ in store.list("locks/")) == [lease_key(2)]
+
+
+def test_names_that_are_not_generations_are_ignored_with_a_warning(store: PosixStore,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    for name in ("locks/lease.9999999999999", "locks/lease.99999999999999999999", "locks/lease.x",
+                 "locks/lease.\u0663\u0663\u0663\u0663\u0663\u0663\u0663\u0663\u0663\u0663\u0663\u0663"):
+        store.put(name, record(5, "forger"))
+        assert parse_generation(name) is None, name
+    b = Lease(store, "B", 10)
+    with caplog.at_level("WARNING", logger="fractfs"):
+        assert b.tick() is True and b.generation == 1
+        assert b.tick() is True
+    warned = [r.getMessage() for r in caplog.records if "not a lease generation" in r.getMessage()]
+    assert len(warned) == 4  # once per name, not at every beat
+
+
+def test_a_one_shot_reader_bounds_what_a_forged_record_claims() -> None:
+    # LeaseRecord.state is the one judgement (fractfs status, sync, prune); the record's own numbers are bounded
+    from fractfs.lease import MAX_RECORD_TIMEOUT
+
+    now = 1_700_000_000.0
+
+    def rec(t: float, timeout: float, released: bool = False) -> LeaseRecord:
+        return LeaseRecord(generation=1, node="n", token="t", beat=0, time=t, acquired=t, timeout=timeout,
+                           released=released)
+
+    assert rec(now - 5, 30).state(now) == "live"
+    assert rec(now - 60, 30).state(now) == "uncertain"
+    assert rec(now - 500, 30).state(now) == "stale"
+    assert rec(now - 5, 30, released=True).state(now) == "free"
+    # forged: a heartbeat dated far in the future, an endless timeout, NaN
+    assert rec(now + 10**9, 30).state(now) == "stale"
+    assert rec(now - MAX_RECORD_TIMEOUT - 121, 1e30).state(now) == "stale"
+    assert rec(now - MAX_RECORD_TIMEOUT + 1, 1e30).state(now) == "live"  # believed up to the cap
+    assert rec(now - 200, float("nan")).state(now) == "stale"
+    assert rec(now - 5, -1.0).state(now) == "uncertain"  # a negative timeout counts as 0
+    assert rec(float("nan"), 30).state(now) == "stale"
+    # the reader's own timeout, when given, is not capped: it is ours, not the record's
+    assert rec(now - 2 * MAX_RECORD_TIMEOUT, 1e30).state(now, timeout=3 * MAX_RECORD_TIMEOUT) == "live"
+
+
+def test_a_running_node_waits_out_a_future_heartbeat_instead_of_taking_it_at_once(store: PosixStore) -> None:
+    # stale to a one-shot reader, but a node watches the bytes: two nodes with clocks minutes apart must not
+    # each call the other's fresh lease ancient and take it in turn
+    mono = Clock()
+    store.put(lease_key(1), LeaseRecord(generation=1, node="ahead", token="t", beat=0, time=time.time() + 3600,
+                                        acquired=time.time(), timeout=10).encode())
+    b = Lease(store, "B", 10, clock=mono)
+    assert b.tick() is False  # not ancient: dated in the future
+    mono.t += 10
+    assert b.tick() is True and b.generation == 2  # one timeout without a beat: taken as any silent holder
+
+
 # -- LeaseRecord.state: the one place that says live / uncertain / stale / free ----------------------------
 
 def test_record_state_by_the_writers_heartbeat_time() -> None:

@@ -28,7 +28,8 @@ from test_reliability_support import (
     temp_files,
 )
 
-from fractfs.snapshot.format import FORMAT_NAME, SnapName
+from fractfs.errors import CorruptCheckpointError
+from fractfs.snapshot.format import FORMAT_NAME, SnapName, decode_manifest
 from fractfs.stores import PosixStore
 
 CONFIG = """\
@@ -210,3 +211,201 @@ def test_malformed_manifest_falls_back_with_a_message(tmp_path: Path, plain_volu
     assert out["restore"]["fell_back_from"] == [name.id]
     assert any(name.id in w for w in out["warnings"])
     assert (node.root / "notes.txt").read_text() == "honest"
+
+
+# -- issue 16, point 3: a few bytes on the Volume must not brick a node ---------------------------------------
+
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork+exec, and the test process
+# itself held the hostile bytes it built
+RSS = STATUS.replace("print(json.dumps(out))", """
+hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
+out["maxrss_mb"] = int(hwm.split()[1]) // 1024
+print(json.dumps(out))""")
+
+
+def _gz_doc(seq: int, entries_json: bytes) -> bytes:
+    head = ('{"format": "%s", "version": 1, "seq": %d, "created_ns": 1, "node": "attacker", "parent": null, '
+            '"entries": ' % (FORMAT_NAME, seq)).encode()
+    return gzip.compress(head + entries_json + b"}", mtime=0)
+
+
+def test_deeply_nested_manifest_falls_back_to_the_previous_snapshot(tmp_path: Path, plain_volume: Path) -> None:
+    # the issue's 521-byte manifest: 100 000 nested arrays raised RecursionError out of init()
+    node = Node(tmp_path / "node", plain_volume, CONFIG)
+    _legit_snapshot(node)
+    store = PosixStore(plain_volume / "_checkpoint")
+    data = _gz_doc(newest_seq(store) + 1, b"[" * 100_000 + b"]" * 100_000)
+    assert len(data) < 600
+    name = raw_manifest(store, newest_seq(store) + 1, [], data=data)
+    node.wipe()
+    out = node.run(STATUS)
+    assert out["initialized"] is True
+    assert out["restore"]["fell_back_from"] == [name.id]
+    assert any(name.id in w for w in out["warnings"]), out["warnings"]
+    with pytest.raises(CorruptCheckpointError, match="nested too deeply"):
+        decode_manifest(name, data)
+    assert (node.root / "notes.txt").read_text() == "honest"
+
+
+def test_out_of_range_numbers_refuse_only_their_entry(tmp_path: Path, plain_volume: Path) -> None:
+    # the issue's 295-byte manifest had mtime_ns = 10**30: OverflowError, and no honest entry was restored
+    node = Node(tmp_path / "node", plain_volume, CONFIG)
+    _legit_snapshot(node)
+    store = PosixStore(plain_volume / "_checkpoint")
+    pid, (ok, bad) = put_pack(store, [b"fine\n", b"pwned\n"])
+    hostile = {
+        "mtime-huge": file_entry("mtime-huge", pid, bad, mtime_ns=10**30),
+        "mtime-negative-huge": file_entry("mtime-negative-huge", pid, bad, mtime_ns=-(10**30)),
+        "mode-huge": file_entry("mode-huge", pid, bad, mode=10**30),
+        "offset-huge": file_entry("offset-huge", pid, (10**30, bad[1], bad[2])),
+        "size-huge": file_entry("size-huge", pid, (bad[0], 10**30, bad[2])),
+        "link-mtime": {"area": "root", "path": "link-mtime", "type": "symlink", "target": "good",
+                       "mtime_ns": 2**63},
+        "dir-mode": {"area": "root", "path": "dir-mode", "type": "dir", "mode": 2**64},
+        "long-target": {"area": "root", "path": "long-target", "type": "symlink", "target": "x" * 4097,
+                        "mtime_ns": 1},
+    }
+    entries = list(hostile.values()) + [
+        file_entry("good", pid, ok),
+        file_entry("old", pid, ok, mtime_ns=-86_400 * 10**9),  # 1969: a legitimate negative mtime
+        {"area": "root", "path": "sticky", "type": "dir", "mode": 0o7777},
+    ]
+    name = raw_manifest(store, newest_seq(store) + 1, entries)
+    node.wipe()
+    out = node.run(STATUS)
+    assert out["initialized"] is True and out["restore"]["snapshot_id"] == name.id
+    warnings = "\n".join(out["warnings"])
+    for what in hostile:
+        assert what in warnings, f"no warning names {what!r}:\n{warnings}"
+        assert not os.path.lexists(node.root / what), what
+    assert (node.root / "good").read_bytes() == b"fine\n"
+    assert (node.root / "old").stat().st_mtime_ns == -86_400 * 10**9
+    # set-gid and sticky bits of a directory are not restored (a set-gid dir hands its group to new files)
+    assert (node.root / "sticky").stat().st_mode & 0o7777 == 0o777
+
+
+def test_a_forged_newest_name_does_not_stop_later_checkpoints(tmp_path: Path, plain_volume: Path) -> None:
+    # the issue's 7-byte file: every later checkpoint failed with "sequence space exhausted"
+    node = Node(tmp_path / "node", plain_volume, CONFIG)
+    _legit_snapshot(node)
+    store = PosixStore(plain_volume / "_checkpoint")
+    honest = newest_seq(store)
+    forged = "snapshots/999999999999-" + "0" * 64 + ".json.gz"
+    store.put(forged, b"garbage")
+    out = node.run("""
+        fractfs.init()
+        stored = []
+        for i in range(3):
+            open("notes.txt", "w").write(f"round {i}")
+            stored.append(fractfs.sync_now())
+        fractfs.shutdown(final_sync=False)
+        print(json.dumps({"stored": stored}))
+    """)
+    assert out["stored"] == [["notes.txt"]] * 3
+    from fractfs.snapshot.catalog import list_names
+
+    seqs = [n.seq for n in list_names(store)]
+    assert seqs[-4:] == [honest + 1, honest + 2, honest + 3, 999999999999]  # numbered from valid ones
+    node.wipe()
+    assert node.run(STATUS)["initialized"] is True
+    assert (node.root / "notes.txt").read_text() == "round 2"
+
+
+def test_an_entry_in_a_huge_sparse_pack_reads_only_its_bytes(tmp_path: Path, plain_volume: Path) -> None:
+    # the issue: a 5-byte entry at the start of a sparse 1 GiB pack read the whole pack (2 GB RSS)
+    node = Node(tmp_path / "node", plain_volume, CONFIG)
+    _legit_snapshot(node)
+    store = PosixStore(plain_volume / "_checkpoint")
+    payload = b"hello"
+    pid = "cd" * 32
+    path = plain_volume / "_checkpoint" / "packs" / pid[:2] / pid
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(payload)
+        f.truncate(1 << 30)
+    oid = "ef" * 32  # an object of 1 GiB (sparse) that an entry claims is 5 bytes
+    opath = plain_volume / "_checkpoint" / "objects" / oid[:2] / oid
+    opath.parent.mkdir(parents=True, exist_ok=True)
+    with open(opath, "wb") as f:
+        f.truncate(1 << 30)
+    zeros = hashlib.sha256(b"\0" * 5).hexdigest()
+    sha = hashlib.sha256(payload).hexdigest()
+    entries = [
+        file_entry("five", pid, (0, 5, sha)),
+        file_entry("deep-five", pid, (700 << 20, 5, zeros)),
+        file_entry("claims-a-gig", pid, (0, 1 << 30, sha)),
+        {"area": "root", "path": "object-lies", "type": "file", "mode": 0o644, "size": 5, "mtime_ns": 1,
+         "sha256": oid, "object": oid},
+    ]
+    raw_manifest(store, newest_seq(store) + 1, entries)
+    node.wipe()
+    out = node.run(RSS)
+    assert out["initialized"] is True
+    assert (node.root / "five").read_bytes() == payload
+    assert (node.root / "deep-five").read_bytes() == b"\0" * 5
+    warnings = "\n".join(out["warnings"])
+    assert "claims-a-gig" in warnings and "object-lies" in warnings, warnings
+    assert not (node.root / "claims-a-gig").exists() and not (node.root / "object-lies").exists()
+    assert out["maxrss_mb"] < 300, f"restore took {out['maxrss_mb']} MB"
+    assert temp_files(node.root, node.scratch) == []
+    # nothing the size of the pack landed on the node's disk either
+    assert sum(p.stat().st_blocks * 512 for p in node.base.rglob("*") if p.is_file()) < 64 << 20
+
+
+def _time_and_rss(node: Node) -> dict[str, object]:
+    out: dict[str, object] = node.run(RSS.replace("st = fractfs.init()", """
+import time as _t
+_t0 = _t.monotonic()
+st = fractfs.init()
+_took = _t.monotonic() - _t0""").replace("print(json.dumps(out))", 'out["took"] = _took\nprint(json.dumps(out))'),
+        timeout=300)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["dirs", "zeros", "empty-objects"])
+def test_a_manifest_with_millions_of_entries_is_refused_before_the_work(tmp_path: Path, plain_volume: Path,
+                                                                        kind: str) -> None:
+    # the issue: 5 million entries took 34 s and 3.8 GB RSS
+    node = Node(tmp_path / "node", plain_volume, CONFIG)
+    _legit_snapshot(node)
+    store = PosixStore(plain_volume / "_checkpoint")
+    seq = newest_seq(store) + 1
+    if kind == "dirs":  # 5 million real entries: inflates 100x past its stored size
+        entry = b'{"area":"root","path":"d","type":"dir","mode":493},'
+        data, why = _gz_doc(seq, b"[" + entry * 5_000_000 + b"0]"), "inflates to more than"
+    elif kind == "zeros":  # cheap values: parsed (small), then too many entries
+        data, why = _gz_doc(seq, b"[" + b"0," * 5_000_000 + b"0]"), "5000001 entries, over the limit of 1000000"
+    else:  # 27 MB of "{}," inside the inflate limit: would parse into 9 million dicts
+        data, why = _gz_doc(seq, b"[" + b"{}," * 9_000_000 + b"{}]"), "JSON values, over the limit of 16000000"
+    name = raw_manifest(store, seq, [], data=data)
+    with pytest.raises(CorruptCheckpointError, match=why):
+        decode_manifest(name, data)
+    node.wipe()
+    out = _time_and_rss(node)
+    assert out["initialized"] is True
+    assert out["restore"]["fell_back_from"] == [name.id]
+    assert any(name.id in w for w in out["warnings"])
+    assert (node.root / "notes.txt").read_text() == "honest"
+    assert out["maxrss_mb"] < 400, out  # type: ignore[operator]
+    assert out["took"] < 60, out  # type: ignore[operator]
+
+
+def test_a_path_of_320000_components_is_refused_in_linear_time(tmp_path: Path, plain_volume: Path) -> None:
+    # the issue: one such path took 314 s (quadratic)
+    node = Node(tmp_path / "node", plain_volume, CONFIG)
+    _legit_snapshot(node)
+    store = PosixStore(plain_volume / "_checkpoint")
+    pid, (ok,) = put_pack(store, [b"fine\n"])
+    deep = "/".join(["a"] * 320_000)
+    entries = [file_entry(deep, pid, ok), file_entry("/".join(["b"] * 3000), pid, ok),
+               file_entry("c" * 256, pid, ok), file_entry("good", pid, ok)]
+    raw_manifest(store, newest_seq(store) + 1, entries)
+    node.wipe()
+    out = _time_and_rss(node)
+    assert out["initialized"] is True
+    warnings = "\n".join(out["warnings"])
+    assert warnings.count("path longer than 4096 bytes") == 2, warnings
+    assert "path component longer than 255 bytes" in warnings, warnings
+    assert (node.root / "good").read_bytes() == b"fine\n"
+    assert not (node.root / "a").exists() and not (node.root / "b").exists()
+    assert out["took"] < 30, out  # type: ignore[operator]

@@ -38,6 +38,13 @@ log = logging.getLogger("fractfs")
 PREFIX = "locks/"
 _NAME = "lease."
 _DIGITS = 12
+#: The highest generation a 12-digit name can hold. Reaching it honestly takes 10**12 acquisitions, so a lease at
+#: the top is a forged or corrupt object; _successor() steps around it instead of failing (docs/security.md).
+MAX_GENERATION = 10**_DIGITS - 1
+#: The longest heartbeat timeout LeaseRecord.state believes from a lease record (when the reader gives none).
+#: The record is written by whoever can write the Volume: a forged ``"timeout": 1e30`` must not make its holder
+#: look live for ever. A live holder beats every ``timeout / 4``, so this only misjudges timeouts over 4 hours.
+MAX_RECORD_TIMEOUT = 3600.0
 FORMAT = "fractfs-lease"
 VERSION = 1
 #: A lease whose writer timestamp is older than timeout + this is taken over without waiting to watch it.
@@ -57,9 +64,26 @@ def parse_generation(key: str) -> Optional[int]:
     if not key.startswith(PREFIX + _NAME):
         return None
     tail = key[len(PREFIX + _NAME):]
-    if len(tail) != _DIGITS or not tail.isdigit():
+    # exactly 12 ASCII digits: str.isdigit() alone would also accept other scripts' digits ("٣"), and a
+    # longer name could hold a number no successor can be written for
+    if len(tail) != _DIGITS or not tail.isascii() or not tail.isdigit():
         return None
     return int(tail)
+
+
+def _successor(gens: list[int]) -> tuple[int, Optional[int]]:
+    """The generation a taker creates after the sorted ``gens``, and a generation to delete first (or None).
+
+    Normally ``top + 1``. When the top is MAX_GENERATION no larger name exists; that object is forged (see
+    MAX_GENERATION) and, since the caller only gets here once it is stale or released, nobody renews it: it is
+    deleted and the successor is counted from the generations below it. Of several nodes doing this at once,
+    the exclusive create of that successor still admits exactly one.
+    """
+    top = gens[-1]
+    if top < MAX_GENERATION:
+        return top + 1, None
+    rest = [g for g in gens if g < MAX_GENERATION]
+    return (rest[-1] + 1 if rest else 1), top
 
 
 def newest(store: Store) -> Optional[tuple[str, Optional[LeaseRecord]]]:
@@ -93,11 +117,23 @@ class LeaseRecord:
         heartbeat; :data:`UNCERTAIN` up to :data:`MAX_CLOCK_SKEW` beyond it (the clocks may just disagree);
         :data:`STALE` after that. One-shot readers (``fractfs status``/``sync``/``prune``) go by this; a
         running node also watches the heartbeat change (:meth:`Lease.tick`) before taking a lease over.
+
+        The record is written by whoever can write the Volume, so its own numbers are bounded: its ``timeout``
+        is believed up to :data:`MAX_RECORD_TIMEOUT` (NaN or negative: 0), and a heartbeat dated more than
+        :data:`MAX_CLOCK_SKEW` in the future, or not a number, is :data:`STALE` - a clock that wrong is outside
+        what the lease tolerates anyway, and a forged record could otherwise stay live for ever
+        (docs/security.md).
         """
         if self.released:
             return FREE
-        limit = self.timeout if timeout is None else timeout
+        if timeout is None:
+            own = self.timeout
+            limit = min(max(own, 0.0), MAX_RECORD_TIMEOUT) if own == own else 0.0  # own != own: NaN
+        else:
+            limit = timeout
         age = now - self.time
+        if age != age or age < -MAX_CLOCK_SKEW:  # NaN, or from the future
+            return STALE
         if age <= limit:
             return LIVE
         if age <= limit + MAX_CLOCK_SKEW:
@@ -157,6 +193,7 @@ class Lease:
         self.last_error: Optional[str] = None
         self.last_error_time: Optional[float] = None
         self.takeovers = 0  # how many times this node took a stale lease
+        self._warned: set[str] = set()  # foreign names under locks/ already logged
 
     # -- the local view --------------------------------------------------------------------------------
     @property
@@ -191,7 +228,10 @@ class Lease:
             elif self.held:
                 state = "unconfirmed"  # ours, but the last renewal is too old to commit on
             elif rec is not None and not rec.released:
-                state = "standby"
+                # the holder's bytes unchanged for a timeout: the next tick takes it over (a forged record
+                # never beats, so it is called stale here, not live, after one timeout)
+                age = self.observed_age()
+                state = "stale" if age is not None and age >= self.timeout else "standby"
             elif rec is not None and rec.released:
                 state = "free"
             else:
@@ -218,6 +258,10 @@ class Lease:
             g = parse_generation(key)
             if g is not None:
                 gens.append(g)
+            elif key.startswith(PREFIX + _NAME) and key not in self._warned:
+                self._warned.add(key)
+                log.warning("fractfs: ignoring %s: not a lease generation (12 decimal digits); fractfs never "
+                            "writes such a name, so someone else did", key)
         return sorted(gens)
 
     def _record_error(self, exc: BaseException) -> None:
@@ -296,16 +340,31 @@ class Lease:
             self._seen_since = now
         self.holder = rec
         self.holder_key = lease_key(top)
+        nxt, forged = _successor(gens)
         if rec is not None and rec.released:
-            self._create(top + 1, None)
+            self._take(nxt, forged, None)
             return
         unchanged_for = now - self._seen_since
-        ancient = rec is not None and rec.state(self._wall(), self.timeout) == STALE
+        # ancient: stale by the reader's timeout and dated in the past. A heartbeat from the future is stale to a
+        # one-shot reader, but a running node waits for it to stop changing instead: two nodes whose clocks
+        # differ by minutes would otherwise each find the other's fresh lease stale and take it in turn.
+        wall = self._wall()
+        ancient = rec is not None and rec.time <= wall and rec.state(wall, self.timeout) == STALE
         if unchanged_for >= self.timeout or ancient:
             who = rec.node if rec is not None else "an unreadable lease"
             why = (f"its heartbeat is {self._wall() - rec.time:.0f}s old by its own clock" if ancient and rec
                    else f"no heartbeat for {unchanged_for:.1f}s")
-            self._create(top + 1, f"{who} ({why})")
+            self._take(nxt, forged, f"{who} ({why})")
+
+    def _take(self, generation: int, forged: Optional[int], stale_from: Optional[str]) -> None:
+        if forged is not None:
+            log.warning("fractfs: %s holds the highest generation a lease name can carry, which no fractfs "
+                        "reaches; removing it (stale) and taking generation %d", lease_key(forged), generation)
+            try:
+                self.store.delete(lease_key(forged))
+            except StoreNotFound:
+                pass
+        self._create(generation, stale_from)
 
     def _create(self, generation: int, stale_from: Optional[str]) -> None:
         started = self._clock()
@@ -354,7 +413,8 @@ class Lease:
         except StoreNotFound:
             return
         gen = parse_generation(key)
-        assert gen is not None
+        if gen is None:  # only keys from lease_key() get here; never stop the node over one that is not
+            return
         self._seen, self._seen_since = (gen, raw), self._clock()
         self.holder = LeaseRecord.decode(raw)
         self.holder_key = key

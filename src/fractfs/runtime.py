@@ -31,7 +31,7 @@ from .daemon import SyncDaemon
 from .errors import CheckpointAborted as CheckpointAborted  # re-exported: older callers import it from here
 from .errors import FractfsError
 from .lease import Lease, LeaseKeeper
-from .localfile import write_replace
+from .localfile import private_dir, write_replace
 from .ownership import ensure_private_dir
 from .redact import redact_value
 from .report import STATUS_FILE, iso_utc
@@ -514,7 +514,7 @@ class Runtime:
             st["initialized"] = not self.closed
             st["written_at"] = time.time()
             sdir = self.config.state_dir
-            sdir.mkdir(parents=True, exist_ok=True)
+            private_dir(sdir)
             write_replace(sdir / STATUS_FILE, json.dumps(st, default=str).encode())
         except (OSError, TypeError, ValueError) as exc:
             log.debug("fractfs: could not write %s: %s", STATUS_FILE, exc)

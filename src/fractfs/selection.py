@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from .config import CONFIG_FILENAME, Config
-from .localfile import write_replace
+from .localfile import private_dir, write_replace
 from .tiers import Tier, TierResolver
 
 log = logging.getLogger("fractfs")
@@ -117,7 +117,7 @@ def detect_bundle(config: Config, resolver: TierResolver, known_state: set[str])
 def save_bundle(config: Config, bundle: set[str]) -> None:
     """Persisted for the `fractfs` command, which runs in another process than the app."""
     try:
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(config.state_dir)
         write_replace(config.state_dir / BUNDLE_FILE,
                       json.dumps({"root": str(config.root), "files": sorted(bundle)}).encode())
     except OSError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 
+from ..localfile import private_dir
 from ..report import human_bytes, read_raw_app_status
 from ..snapshot.format import short_id
 from .common import check_lease, config_of, node_id, store_of
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace, out: Out) -> int:
         if state.parent.is_dir():
             # a checkpoint by the app on this node holds this lock: its new objects are unreferenced until its
             # manifest lands, so prune must not run in the middle of one
-            state.mkdir(parents=True, exist_ok=True)
+            private_dir(state)  # 0700 from creation, as everywhere fractfs makes it (docs/security.md)
             held.enter_context(StateLock(state))
     # the newest snapshot this node's app knows: a store listing that does not show it yet is stale, and
     # pruning against it would delete blobs that snapshot needs

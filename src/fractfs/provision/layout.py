@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..config import Config, is_within
 from ..errors import ClobberError, ProvisionError
+from ..localfile import private_dir
 from ..tiers import Tier
 from .fsops import atomic_symlink, describe, mkdirs
 from .migrate import Inflight, Mover, Router, migrate, move_down_file, move_down_tree, scan_migration
@@ -259,7 +260,7 @@ def _same_target(link: Path, target: str, wanted: Path) -> bool:
 def _provision_lock(config: Config) -> Iterator[None]:
     """Exclusive node-local lock: several workers of one app (gunicorn, uvicorn --workers) all call init()."""
     path = config.state_dir / "provision.lock"
-    mkdirs(path.parent)
+    private_dir(path.parent)  # the first to make the state dir: 0700 from creation (docs/security.md)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # released by close(), also when the process dies

@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import weakref
 
 from ..errors import CorruptCheckpointError, FractfsError, SnapshotNotFound, StoreNotFound
 from ..stores.base import Store
 from .format import (
+    MAX_MANIFEST_BYTES,
     SNAPSHOTS,
     Manifest,
     SnapName,
@@ -93,6 +95,35 @@ def write_head(store: Store, name: SnapName) -> bool:
     return True
 
 
+#: Manifests this process found damaged, per store: name -> size then. Anyone who can write the store can plant
+#: a name that sorts newest (snapshots/999999999999-000…0.json.gz, 7 bytes): remembering the verdict keeps it
+#: from costing a fetch and an ERROR line at every checkpoint and from handing out sequence numbers. Keyed by
+#: size too, so a manifest rewritten whole under the same name is looked at again.
+_damaged: weakref.WeakKeyDictionary[Store, dict[SnapName, int]] = weakref.WeakKeyDictionary()
+_damaged_lock = threading.Lock()
+
+
+def _note_damaged(store: Store, name: SnapName, size: int) -> None:
+    try:
+        with _damaged_lock:
+            _damaged.setdefault(store, {})[name] = size
+    except TypeError:  # a store object that cannot be weakly referenced: no memory, only more fetches
+        pass
+
+
+def without_damaged(store: Store, names: list[SnapName], sized: dict[SnapName, int] | None = None,
+                    ) -> list[SnapName]:
+    """``names`` minus those this process already found damaged (and whose size has not changed since)."""
+    try:
+        with _damaged_lock:
+            known = dict(_damaged.get(store, {}))
+    except TypeError:
+        return names
+    if not known:
+        return names
+    return [n for n in names if n not in known or (sized is not None and sized.get(n, known[n]) != known[n])]
+
+
 def list_sized(store: Store) -> dict[SnapName, int]:
     """Every well-named manifest on the store with its size, plus the head's when the listing lags behind it.
 
@@ -127,6 +158,13 @@ def list_names(store: Store) -> list[SnapName]:
 
 def load(store: Store, name: SnapName) -> Manifest:
     """Fetch and verify one manifest. CorruptCheckpointError when damaged; StoreError when unreachable."""
+    size = store.size(name.key)
+    if size is None:
+        raise CorruptCheckpointError(f"{name.key}: listed but gone (deleted while reading?)")
+    if size > MAX_MANIFEST_BYTES:  # before reading it: a planted 10 GB "manifest" must not fill memory
+        _note_damaged(store, name, size)
+        raise CorruptCheckpointError(f"{name.key}: {size} bytes, over the limit of {MAX_MANIFEST_BYTES} for a "
+                                     "manifest; refused")
     try:
         data = store.get(name.key)
     except StoreNotFound:
@@ -143,8 +181,13 @@ def load(store: Store, name: SnapName) -> Manifest:
         except StoreNotFound:
             raise exc from None
         if again == data:
+            _note_damaged(store, name, len(data))
             raise
-        m = decode_manifest(name, again)
+        try:
+            m = decode_manifest(name, again)
+        except CorruptCheckpointError:
+            _note_damaged(store, name, len(again))
+            raise
         log.warning("fractfs: snapshot %s failed verification once and passed on a second read (damaged in "
                     "transit, not on the store)", name.id)
         return m

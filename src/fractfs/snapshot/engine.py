@@ -25,12 +25,22 @@ from pathlib import Path
 from typing import Callable, Union
 
 from ..errors import AlreadyExists, FractfsError, StoreError
-from ..localfile import unlink_if_present
+from ..localfile import private_dir, unlink_if_present
 from ..stores.base import Store
 from . import capture, catalog, diff, scan, statcache, unrestored
 from .capture import MiB, CaptureContext, Captured, Readers
 from .diff import Base, Changes, Key
-from .format import FILE, MAX_SEQ, Entry, Manifest, SnapName, encode_manifest, parse_snapshot_id, valid_area
+from .format import (
+    FILE,
+    MAX_PACKED_FILE,
+    MAX_SEQ,
+    Entry,
+    Manifest,
+    SnapName,
+    encode_manifest,
+    parse_snapshot_id,
+    valid_area,
+)
 from .packer import NewLoc, Packer
 from .scan import S_IFLNK, S_IFREG, WalkResult, Want
 from .statcache import CacheHeader, Rows, StateLock
@@ -152,9 +162,9 @@ def checkpoint(
 
 
 def state_path(state_dir: PathLike) -> Path:
-    """The absolute state dir, created if missing (the StateLock lives in it)."""
+    """The absolute state dir, created 0700 if missing (the StateLock lives in it; docs/security.md)."""
     sdir = Path(os.path.abspath(os.fspath(state_dir)))
-    sdir.mkdir(parents=True, exist_ok=True)
+    private_dir(sdir)
     return sdir
 
 
@@ -201,6 +211,9 @@ def prepare(store: Store, areas: dict[str, Path], want: Want | None, state_dir: 
         return Prepared(result=res, state_dir=state_dir, keep=opts.keep, t0=t0)
 
     base, rows = _choose_base(store, look, state_dir)
+    # choosing the base may have found more manifests damaged: those neither give out sequence numbers nor
+    # take a place among the `keep` newest (a planted 7-byte snapshots/999999999999-… would do both)
+    usable = catalog.without_damaged(store, look.names, look.sized)
     ch = diff.compare(areas, look.walked, rows, base, opts.content_hash)
     result = CheckpointResult(parent=base.id)
     result.uploaded_bytes = _store_dirty(store, areas, ch, opts, state_dir / "tmp", result)
@@ -211,12 +224,12 @@ def prepare(store: Store, areas: dict[str, Path], want: Want | None, state_dir: 
     result.files = sum(1 for e in ch.new.values() if e.type == FILE)
     result.bytes = sum(e.size for e in ch.new.values() if e.type == FILE)
 
-    prep = Prepared(result=result, state_dir=state_dir, keep=opts.keep, t0=t0, names=look.names, kept=kept,
+    prep = Prepared(result=result, state_dir=state_dir, keep=opts.keep, t0=t0, names=usable, kept=kept,
                     waiting_unrestored=waiting)
     snapshot_id = base.id
     snapshot_size = look.sized.get(base.name) if base.name is not None else None
     if ch.new != base.entries:
-        prep.name, prep.data = _manifest(ch, look, opts.node_id)
+        prep.name, prep.data = _manifest(ch, look.hdr, usable, opts.node_id)
         snapshot_id, snapshot_size = prep.name.id, len(prep.data)
     prep.cache, prep.rows = _cache_out(areas, look.walked, ch, result, snapshot_id, snapshot_size)
     return prep
@@ -224,14 +237,16 @@ def prepare(store: Store, areas: dict[str, Path], want: Want | None, state_dir: 
 
 def _look(store: Store, areas: dict[str, Path], want: Want, sdir: Path) -> _Look:
     tmpdir = sdir / "tmp"
-    tmpdir.mkdir(exist_ok=True)
+    private_dir(tmpdir)  # SQLite copies land here: the app's data
     for leftover in tmpdir.iterdir():  # copies from a checkpoint that crashed
         unlink_if_present(leftover)
     hdr, payload_at = statcache.read_header(sdir)
     sized = catalog.list_sized(store)
     walked = scan.walk(areas, want, _exclusions(areas, [sdir]))
     _remove_stale_temps(walked.temps)
-    return _Look(hdr=hdr, payload_at=payload_at, sized=sized, names=sorted(sized), walked=walked)
+    # a name this process already found damaged (a planted snapshots/999999999999-…) must not unsync us
+    names = catalog.without_damaged(store, sorted(sized), sized)
+    return _Look(hdr=hdr, payload_at=payload_at, sized=sized, names=names, walked=walked)
 
 
 def _choose_base(store: Store, look: _Look, sdir: Path) -> tuple[Base, Rows]:
@@ -269,7 +284,8 @@ def _store_dirty(store: Store, areas: dict[str, Path], ch: Changes, opts: Option
         dirty.sort(key=lambda d: -d[2][3])  # most recently modified first: likeliest to matter on restart
     else:
         dirty.sort(key=lambda d: (d[0], d[1]))
-    ctx = CaptureContext(tmpdir, opts.large_file, opts.deadline, opts.content_hash)
+    # a packed file is at most MAX_PACKED_FILE (a restore refuses larger ones): stream anything above it
+    ctx = CaptureContext(tmpdir, min(opts.large_file, MAX_PACKED_FILE), opts.deadline, opts.content_hash)
     packer = Packer(store, max(1, opts.transfers), opts.pack_size)
     placed: dict[Key, tuple[Captured, NewLoc]] = {}
     reserve = 0.5 + 4e-6 * (len(ch.new) + len(dirty))  # time kept back for writing the manifest
@@ -358,16 +374,17 @@ def _settle(ch: Changes, placed: dict[Key, tuple[Captured, NewLoc]], result: Che
         ch.put(key, entry, cap.facts, cap.side)
 
 
-def _manifest(ch: Changes, look: _Look, node_id: str) -> tuple[SnapName, bytes]:
+def _manifest(ch: Changes, hdr: CacheHeader | None, names: list[SnapName], node_id: str) -> tuple[SnapName, bytes]:
     entries = [ch.new[k] for k in sorted(ch.new)]
     # Never below what this node already committed: a stale listing (FUSE directory cache, an eventually
     # consistent store) can hide our last manifest, and a second manifest with the same number would
     # then be ordered against it by digest alone, i.e. at random, and could lose to the older state.
-    hdr = look.hdr
     last = parse_snapshot_id(hdr.snapshot) if hdr is not None and hdr.snapshot else None
-    seq = max(look.names[-1].seq if look.names else 0, last.seq if last is not None else 0) + 1
+    seq = max(names[-1].seq if names else 0, last.seq if last is not None else 0) + 1
     if seq > MAX_SEQ:
-        raise FractfsError("snapshot sequence space exhausted")
+        raise FractfsError(f"snapshot sequence space exhausted: {names[-1].key if names else '?'} on the store "
+                           f"carries sequence {seq - 1}, the largest there is; fractfs never counts that high, so "
+                           "it was put there by hand: delete it (fractfs verify lists it)")
     man = Manifest(seq=seq, created_ns=time.time_ns(), node=node_id, parent=ch.base.id, entries=entries)
     return encode_manifest(man)
 

@@ -13,7 +13,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ..errors import CorruptCheckpointError
+from ..errors import CorruptCheckpointError, FractfsError
 
 FORMAT_NAME = "fractfs-snapshot"
 FORMAT_VERSION = 1
@@ -35,11 +35,37 @@ DIR = "dir"
 TYPES = (FILE, SYMLINK, DIR)
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
-_SNAP_KEY = re.compile(r"^snapshots/(\d{12})-([0-9a-f]{64})\.json\.gz\Z")
-_SNAP_ID = re.compile(r"^(\d{12})-([0-9a-f]{64})\Z")
+# [0-9], not \d: \d also matches other scripts' digits, which int() accepts but SnapName.key spells differently
+_SNAP_KEY = re.compile(r"^snapshots/([0-9]{12})-([0-9a-f]{64})\.json\.gz\Z")
+_SNAP_ID = re.compile(r"^([0-9]{12})-([0-9a-f]{64})\Z")
 _AREA = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 #: The largest sequence number the 12-digit field can hold.
 MAX_SEQ = 10**12 - 1
+
+# Limits on what a manifest may hold (docs/format.md §3 "Limits"). A manifest is input from whoever can write
+# the store; these bound the memory and time a node spends on one before it knows whether it is usable.
+#: Bytes a manifest may have on the store, and may inflate to: MAX_ENTRIES entries of up to ~500 bytes (a file
+#: entry with a pack and a short path is ~280). Checked before reading, and while inflating.
+MAX_MANIFEST_BYTES = 512 << 20
+#: Entries per manifest: 10x the largest tree measured. Decoding one costs ~1.3 KB of memory and ~30 us, so
+#: a manifest at the limit peaks at ~1.6 GB and takes ~30 s on a loaded 2-core node (measured).
+MAX_ENTRIES = 1_000_000
+#: JSON values (counted as the commas, "{" and "[" in the inflated bytes, before parsing): an honest entry has
+#: 8-12 fields. Without it a few hundred MB of "{}," would parse into tens of GB of empty objects.
+MAX_JSON_VALUES = 16 * MAX_ENTRIES
+#: Bytes of one path (UTF-8, surrogate escapes as the original bytes) and of one symlink target: Linux PATH_MAX,
+#: beyond which the walker cannot reach a file, nor symlink(2) create a target.
+MAX_PATH_BYTES = 4096
+#: Bytes of one path component: NAME_MAX of every Linux filesystem fractfs targets.
+MAX_NAME_BYTES = 255
+#: Components of one path. A 4096-byte path holds at most 2048; the restore walks each once per entry.
+MAX_PATH_DEPTH = 2048
+#: Size of a file stored in a pack. The checkpoint packs only files below its large-file threshold (8 MiB);
+#: restore holds a packed file in memory, so a claim beyond this is refused before anything is read.
+MAX_PACKED_FILE = 64 << 20
+#: Size, offset and mtime fields are signed 64-bit on every filesystem and in os.utime.
+MAX_INT64 = 2**63 - 1
+MIN_INT64 = -(2**63)
 
 
 def is_hex64(s: object) -> bool:
@@ -171,6 +197,11 @@ def check_relpath(path: object) -> str:
     """Return ``path`` if it is a clean relative POSIX path that cannot leave its area, else raise BadEntry."""
     if not isinstance(path, str) or not path:
         raise BadEntry("empty or non-string path")
+    # sizes first, before any work that grows with the path (a 320 000-component path must cost nothing)
+    if len(path) > MAX_PATH_BYTES or _nbytes(path) > MAX_PATH_BYTES:
+        raise BadEntry(f"path longer than {MAX_PATH_BYTES} bytes")
+    if path.count("/") >= MAX_PATH_DEPTH:
+        raise BadEntry(f"path deeper than {MAX_PATH_DEPTH} components")
     if "\x00" in path:
         raise BadEntry("NUL byte in path")
     if path.startswith("/"):
@@ -178,13 +209,21 @@ def check_relpath(path: object) -> str:
     for part in path.split("/"):
         if part in ("", ".", ".."):
             raise BadEntry(f"path component {part!r} is not allowed")
+        if len(part) > MAX_NAME_BYTES and _nbytes(part) > MAX_NAME_BYTES:
+            raise BadEntry(f"path component longer than {MAX_NAME_BYTES} bytes")
     return path
 
 
-def _int(d: dict[str, Any], key: str, lo: int = 0, hi: int | None = None) -> int:
+def _nbytes(s: str) -> int:
+    """Length of ``s`` as the file name bytes it stands for (surrogate escapes are the original bytes)."""
+    return len(s.encode("utf-8", "surrogateescape")) if not s.isascii() else len(s)
+
+
+def _int(d: dict[str, Any], key: str, lo: int = 0, hi: int = MAX_INT64) -> int:
     v = d.get(key)
-    # bool is an int subclass; a manifest that says "size": true is malformed, not size 1
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo or (hi is not None and v > hi):
+    # bool is an int subclass; a manifest that says "size": true is malformed, not size 1. The upper bound
+    # matters: an mtime of 10**30 passed this check once and raised OverflowError out of the whole restore.
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo or v > hi:
         raise BadEntry(f"field {key!r} missing or out of range: {v!r}")
     return v
 
@@ -210,9 +249,10 @@ def entry_from_json(d: object) -> Entry:
             return Entry(area, path, DIR, mode=_int(d, "mode", 0, 0o7777))
         if typ == SYMLINK:
             target = d.get("target")
-            if not isinstance(target, str) or not target or "\x00" in target:
-                raise BadEntry(f"bad symlink target {target!r}")
-            return Entry(area, path, SYMLINK, mtime_ns=_int(d, "mtime_ns"), target=target)
+            if (not isinstance(target, str) or not target or len(target) > MAX_PATH_BYTES
+                    or _nbytes(target) > MAX_PATH_BYTES or "\x00" in target):
+                raise BadEntry(f"bad symlink target {target[:80] if isinstance(target, str) else target!r}")
+            return Entry(area, path, SYMLINK, mtime_ns=_int(d, "mtime_ns", MIN_INT64), target=target)
         if typ != FILE:
             raise BadEntry(f"unknown entry type {typ!r}")
         size = _int(d, "size")
@@ -232,6 +272,9 @@ def entry_from_json(d: object) -> Entry:
             length = _int(d, "length")
             if length != size:
                 raise BadEntry(f"size {size} does not match the stored length {length}")
+            if size > MAX_PACKED_FILE or offset + size > MAX_INT64:
+                raise BadEntry(f"packed file of {size} bytes at offset {offset}: beyond the limit of "
+                               f"{MAX_PACKED_FILE} bytes per packed file")
         elif obj:
             if obj != sha:
                 raise BadEntry("object id differs from the file's sha256")
@@ -241,7 +284,7 @@ def entry_from_json(d: object) -> Entry:
         if not isinstance(sqlite, bool):
             raise BadEntry("field 'sqlite' is not a boolean")
         return Entry(area, path, FILE, mode=_int(d, "mode", 0, 0o7777), size=size,
-                     mtime_ns=_int(d, "mtime_ns"), sha256=sha, pack=str(pack), offset=offset,
+                     mtime_ns=_int(d, "mtime_ns", MIN_INT64), sha256=sha, pack=str(pack), offset=offset,
                      object=str(obj), sqlite=sqlite)
     except BadEntry as exc:
         raise BadEntry(f"{where}: {exc}") from None
@@ -293,7 +336,15 @@ def encode_manifest(m: Manifest) -> tuple[SnapName, bytes]:
         "bytes": m.byte_count,
         "entries": [e.to_json() for e in m.entries],
     }
+    if len(m.entries) > MAX_ENTRIES:
+        raise FractfsError(f"a snapshot of {len(m.entries)} files, directories and links is over the limit of "
+                           f"{MAX_ENTRIES} entries (docs/format.md §3), so no node could restore it; exclude "
+                           "generated or cache trees with [ignore] or put them under [dirs]")
     raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise FractfsError(f"this snapshot's manifest would be {len(raw)} bytes, over the limit of "
+                           f"{MAX_MANIFEST_BYTES} (docs/format.md §3), so no node could restore it; exclude "
+                           "generated or cache trees with [ignore] or put them under [dirs]")
     # level 1: a 100k-entry manifest compresses 5x in ~0.2 s; higher levels buy a few % for 3x the time,
     # and the final checkpoint at SIGTERM has a budget of seconds. mtime=0 keeps the bytes deterministic.
     data = gzip.compress(raw, compresslevel=1, mtime=0)
@@ -309,7 +360,7 @@ MAX_INFLATE_MIN = 64 << 20
 
 
 def _inflate(name: SnapName, data: bytes) -> bytes:
-    limit = max(MAX_INFLATE_MIN, MAX_INFLATE_RATIO * len(data))
+    limit = min(MAX_MANIFEST_BYTES, max(MAX_INFLATE_MIN, MAX_INFLATE_RATIO * len(data)))
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing, one member (what encode_manifest writes)
     raw = d.decompress(data, limit + 1)
     if len(raw) > limit:
@@ -324,12 +375,24 @@ def _inflate(name: SnapName, data: bytes) -> bytes:
 
 def decode_manifest(name: SnapName, data: bytes) -> Manifest:
     """Verify and parse a manifest. Raises CorruptCheckpointError (UnknownFormatError for newer versions)."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise CorruptCheckpointError(f"{name.key}: {len(data)} bytes, over the limit of {MAX_MANIFEST_BYTES} for "
+                                     "a manifest; refused")
     digest = hashlib.sha256(data).hexdigest()
     if digest != name.digest:
         raise CorruptCheckpointError(
             f"{name.key}: content hash {digest[:16]}… does not match its name (truncated or altered)")
     try:
-        doc = json.loads(_inflate(name, data))
+        text = _inflate(name, data)
+        values = text.count(b",") + text.count(b"{") + text.count(b"[")
+        if values > MAX_JSON_VALUES:
+            raise CorruptCheckpointError(f"{name.key}: holds about {values} JSON values, over the limit of "
+                                         f"{MAX_JSON_VALUES}; refused (not a manifest fractfs wrote)")
+        doc = json.loads(text)
+        del text  # the parsed document is what stays: do not hold both
+    except RecursionError:
+        # JSON nested deeper than the interpreter's recursion limit: no manifest fractfs writes nests past 3
+        raise CorruptCheckpointError(f"{name.key}: not a readable manifest (JSON nested too deeply)") from None
     except (OSError, EOFError, zlib.error, ValueError) as exc:
         raise CorruptCheckpointError(f"{name.key}: not a readable manifest ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
@@ -349,6 +412,9 @@ def decode_manifest(name: SnapName, data: bytes) -> Manifest:
     if (not isinstance(created, int) or not isinstance(node, str) or not isinstance(raw_entries, list)
             or not (parent is None or isinstance(parent, str))):
         raise CorruptCheckpointError(f"{name.key}: header fields are missing or mistyped")
+    if len(raw_entries) > MAX_ENTRIES:
+        raise CorruptCheckpointError(f"{name.key}: {len(raw_entries)} entries, over the limit of {MAX_ENTRIES}; "
+                                     "refused (not a manifest fractfs wrote)")
     entries: list[Entry] = []
     bad: list[str] = []
     seen: dict[tuple[str, str], int] = {}

@@ -21,13 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from ..localfile import hash_file, unlink_if_present
+from ..localfile import create_private, hash_file, unlink_if_present
 from ..errors import RestoreError, StoreError, StoreNotFound
 from ..stores.base import Store
 from . import catalog, statcache, unrestored
 from .format import DIR, FILE, SQLITE_SIDECARS, SYMLINK, Entry, Manifest, object_key, pack_key, valid_area
 from .scan import TMP_PREFIX, Want
-from .xfer import get_blobs, has_batch_get
 
 log = logging.getLogger("fractfs")
 
@@ -36,9 +35,12 @@ PathLike = Union[str, "os.PathLike[str]"]
 #: Modes applied on restore. set-uid/set-gid bits on files are dropped: restored files are owned by whoever
 #: runs the restore (often root), and a tampered manifest must not be able to mint a set-uid binary.
 FILE_MODE_MASK = 0o777
-DIR_MODE_MASK = 0o3777
-#: Whole-pack GET unless the files we need are a small part of it; then ranged GETs of the needed runs.
+#: Directories too: a hostile 0o7777 must not leave a set-gid (group inheritance) or sticky directory behind.
+DIR_MODE_MASK = 0o777
+#: One read of a pack's first bytes up to the last one needed, unless the files we need are a small part of
+#: that; then ranged GETs of the needed runs, merged across gaps up to _RANGE_GAP, each at most _RUN_MAX long.
 _RANGE_GAP = 1 << 20
+_RUN_MAX = 32 << 20
 _DISK_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -226,6 +228,18 @@ class _Writer:
         key = object_key(e.object)
         try:
             try:
+                # Ask the size first: a hostile entry may point at a huge (or sparse) object, and get_file would
+                # fill the disk with it before the hash could say no.
+                stored = store.size(key)
+                if stored is None:
+                    raise StoreNotFound(key)
+                if stored != e.size:
+                    self._fail(e, f"object {key} holds {stored} bytes, the snapshot says {e.size}; not restored")
+                    return
+                # created private (and exclusive, not through a link) before get_file writes into it: the
+                # stores' get_file keep the mode of a file that exists, so the content is never readable by
+                # others on the way; its final mode is set below once it is verified
+                os.close(create_private(tmp))
                 store.get_file(key, Path(tmp))
             except StoreNotFound:
                 unlink_if_present(tmp)
@@ -430,11 +444,14 @@ def _pack_runs(entries: list[Entry]) -> list[tuple[int, int, list[Entry]]] | Non
     entries = sorted(entries, key=lambda e: e.offset)
     need = sum(e.size for e in entries)
     extent = max(e.offset + e.size for e in entries)
-    if extent <= 4 * _RANGE_GAP or need * 4 >= extent:
+    if extent <= 4 * _RANGE_GAP or (need * 4 >= extent and extent <= _RUN_MAX):
         return None
     runs: list[tuple[int, int, list[Entry]]] = []
     for e in entries:
-        if runs and e.offset <= runs[-1][0] + runs[-1][1] + _RANGE_GAP:
+        # a run never grows past _RUN_MAX (unless one file alone is larger, up to MAX_PACKED_FILE): what a
+        # restore holds in memory per pack read is bounded whatever the manifest claims
+        if (runs and e.offset <= runs[-1][0] + runs[-1][1] + _RANGE_GAP
+                and e.offset + e.size - runs[-1][0] <= _RUN_MAX):
             start, length, es = runs[-1]
             es.append(e)  # in place: copying the list per entry made a run of n files cost n**2
             runs[-1] = (start, max(length, e.offset + e.size - start), es)
@@ -791,15 +808,16 @@ def _fetch_and_write(store: Store, files: list[tuple[Entry, str]], w: _Writer, t
     packs = sorted(by_pack.items())
     runs_of = {pid: _pack_runs([e for e, _ in items]) for pid, items in packs}  # None: fetch the whole pack
 
-    def one_pack(pid: str, items: list[tuple[Entry, str]], data: bytes | None = None) -> None:
+    def one_pack(pid: str, items: list[tuple[Entry, str]]) -> None:
         if w.abort.is_set():
             return
         try:
-            runs = None if data is not None else runs_of[pid]
+            runs = runs_of[pid]
             if runs is None:
-                if data is None:
-                    data = store.get(pack_key(pid))
-                write_batches(memoryview(data), 0, items)
+                # a ranged read up to the last byte any entry needs, never "the whole pack": a hostile entry
+                # may point into a huge sparse pack (and entry sizes are bounded by MAX_PACKED_FILE)
+                extent = max(e.offset + e.size for e, _ in items)
+                write_batches(memoryview(store.get_range(pack_key(pid), 0, extent)), 0, items)
                 return
             dests = {id(e): d for e, d in items}
             for start, length, es in runs:
@@ -810,28 +828,10 @@ def _fetch_and_write(store: Store, files: list[tuple[Entry, str]], w: _Writer, t
                 w._fail(e, f"cannot fetch pack {pack_key(pid)}: {exc}; not restored")
         # any other StoreError propagates: unreachable is not damage (see write_object)
 
-    if has_batch_get(store) and len(packs) > 1:
-        whole = [(pid, items) for pid, items in packs if runs_of[pid] is None]
-        ranged = [(pid, items) for pid, items in packs if runs_of[pid] is not None]
-        for i in range(0, len(whole), transfers):
-            group = whole[i:i + transfers]
-
-            def batch(group: list[tuple[str, list[tuple[Entry, str]]]] = group) -> None:
-                try:
-                    blobs = get_blobs(store, [pack_key(pid) for pid, _ in group], transfers)
-                except StoreError:
-                    for pid, items in group:  # one at a time, to pin the failure on the right pack
-                        one_pack(pid, items)
-                    return
-                for (pid, items), data in zip(group, blobs):
-                    one_pack(pid, items, data)
-
-            tasks.spawn(batch)
-        for pid, items in ranged:
-            tasks.spawn(lambda pid=pid, items=items: one_pack(pid, items))  # type: ignore[misc]
-    else:
-        for pid, items in packs:
-            tasks.spawn(lambda pid=pid, items=items: one_pack(pid, items))  # type: ignore[misc]
+    # Every pack is a ranged read of what its entries need (above), never a batch of whole objects: a pack
+    # named by a hostile entry can be any size, and get_many would hold all of it in memory.
+    for pid, items in packs:
+        tasks.spawn(lambda pid=pid, items=items: one_pack(pid, items))  # type: ignore[misc]
     tasks.run(w)
 
 

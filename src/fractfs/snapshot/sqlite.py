@@ -13,7 +13,7 @@ import sqlite3
 import time
 import urllib.parse
 
-from ..localfile import unlink_if_present
+from ..localfile import create_private, unlink_if_present
 
 log = logging.getLogger("fractfs")
 
@@ -60,6 +60,10 @@ def backup(src: str, dest: str, timeout: float) -> None:
             last = exc
             continue
         try:
+            # the copy is the app's data: private before SQLite writes a page into it (SQLite itself would
+            # create it 0644, and keeps an existing file's mode; its journal follows the file's mode)
+            if not os.path.exists(dest):
+                os.close(create_private(dest))
             dst = sqlite3.connect(dest)
             try:
                 # pages=-1: one step under one read lock, so the copy is one point in time

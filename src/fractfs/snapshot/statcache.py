@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
-from ..localfile import unlink_if_present, write_replace
+from ..localfile import private_dir, unlink_if_present, write_replace
 from .format import Entry, Manifest
 
 try:  # POSIX only; the state dir lock is a courtesy on platforms without it
@@ -184,7 +184,7 @@ def seed(state_dir: Path, m: Manifest, facts_of: Callable[[Entry], Optional[Fact
     ``facts_of(entry)`` gives the stat facts of entries known to match their stored copy, None for the rest
     (the next checkpoint re-examines those).
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)  # 0700 from creation: the rows hold every file's sha256 (docs/security.md)
     rows: Rows = {}
     for e in m.entries:
         rows.setdefault(e.area, {})[e.path] = CacheRow.of(e, facts_of(e), None)
