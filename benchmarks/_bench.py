@@ -290,12 +290,20 @@ def upstream_python() -> Path:
     return UPSTREAM_VENV / "bin" / "python"
 
 
+def upstream_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: ours) for the 0.2.1 venv: without PYTHONPATH, which would put this checkout's fractfs
+    in front of the installed 0.2.1 (a test run with PYTHONPATH=src did exactly that)."""
+    out = dict(os.environ if env is None else env)
+    out.pop("PYTHONPATH", None)
+    return out
+
+
 def upstream_ready() -> bool:
     py = upstream_python()
     if not py.exists():
         return False
     r = subprocess.run([os.fspath(py), "-c", "import fractfs, s3fs; print(fractfs.__version__)"],
-                       capture_output=True, text=True, timeout=120, check=False, cwd="/")
+                       capture_output=True, text=True, timeout=120, check=False, cwd="/", env=upstream_env())
     return r.returncode == 0 and r.stdout.strip() == UPSTREAM_VERSION
 
 
@@ -307,7 +315,7 @@ def setup_upstream() -> None:
     subprocess.run([sys.executable, "-m", "venv", "--clear", os.fspath(UPSTREAM_VENV)], check=True,
                    stdin=subprocess.DEVNULL)
     subprocess.run([os.fspath(upstream_python()), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    f"fractfs[s3]=={UPSTREAM_VERSION}"], check=True, stdin=subprocess.DEVNULL)
+                    f"fractfs[s3]=={UPSTREAM_VERSION}"], check=True, stdin=subprocess.DEVNULL, env=upstream_env())
     if not upstream_ready():
         raise RuntimeError(f"{UPSTREAM_VENV}: fractfs {UPSTREAM_VERSION} did not install")
 

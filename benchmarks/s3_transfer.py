@@ -52,6 +52,7 @@ from _bench import (
     table,
     timed_run,
     tool_version,
+    upstream_env,
     upstream_python,
     upstream_ready,
 )
@@ -129,7 +130,7 @@ class Bench:
         try:
             out = run_json([os.fspath(upstream_python()), os.fspath(RUNNER), "upstream-checkpoint",
                             "--url", f"s3://{bucket}/{prefix}", "--src", os.fspath(src),
-                            "--scratch", os.fspath(scratch)], env=self.env)
+                            "--scratch", os.fspath(scratch)], env=upstream_env(self.env))
         finally:
             drop_tree(scratch)
         return float(out["seconds"])
@@ -154,7 +155,7 @@ class Bench:
         try:
             out = run_json([os.fspath(upstream_python()), os.fspath(RUNNER), "upstream-restore",
                             "--url", f"s3://{bucket}/{prefix}", "--dest", os.fspath(dest),
-                            "--scratch", os.fspath(scratch)], env=self.env)
+                            "--scratch", os.fspath(scratch)], env=upstream_env(self.env))
         finally:
             drop_tree(scratch)
         return float(out["seconds"])
