@@ -186,3 +186,14 @@ def test_a_file_larger_than_the_volume_is_left_out_and_the_rest_committed(
     assert not res.errors
     assert (dst / "state.txt").read_text() == "v2"
     assert (dst / "big.bin").stat().st_size == 9 << 20
+    # the final checkpoint at exit does the same, and its report says it is not complete
+    node.run("""
+        fractfs.init()
+        open("state.txt", "w").write("v3")
+        fractfs.shutdown()
+    """)
+    final = json.loads((node.scratch / ".fractfs-state" / "status.json").read_text())["final_sync"]
+    assert final["ok"] is False and final["complete"] is False and final["missed"] == ["big.bin"], final
+    assert list(final["not_stored"]) == ["big.bin"] and "error" not in final
+    res = restore(store, {"root": tmp_path / "check2"})
+    assert not res.errors and (tmp_path / "check2" / "state.txt").read_text() == "v3"

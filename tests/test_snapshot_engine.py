@@ -15,6 +15,7 @@ from fractfs.snapshot import checkpoint, latest_paths, list_snapshots, restore
 from fractfs.snapshot import capture as capture_mod
 from fractfs.snapshot import engine as engine_mod
 from fractfs.snapshot.format import SQLITE_MAGIC
+from fractfs.stores import PosixStore
 
 
 def _areas(tmp_path: Path, name: str = "app") -> dict[str, Path]:
@@ -399,6 +400,38 @@ def test_deadline_stores_newest_first_and_reports_the_rest(tmp_path: Path) -> No
     res = checkpoint(store, src, everything, state_dir=sd, deadline=time.monotonic() + 60)
     assert res.missed_deadline == [] and len(res.stored) == 20
     assert res.stored[0] == "root:f19"
+
+
+def test_deadline_commits_what_finished_and_abandons_an_upload_that_did_not(tmp_path: Path) -> None:
+    """Issue 11 point 1: under a deadline nothing is estimated. Small files go first, large ones after, and
+    at the cutoff (the deadline minus the manifest's reserve) an upload still running is abandoned: the rest
+    is committed in time and the large file keeps its previous version, listed in missed_deadline."""
+
+    class SlowObjects(PosixStore):
+        def put_file(self, key: str, path: Path) -> None:
+            time.sleep(2.5)  # a large upload that cannot finish before the cutoff
+            super().put_file(key, path)
+
+    store = SlowObjects(tmp_path / "store")
+    src = _areas(tmp_path)
+    sd = tmp_path / "state"
+    write(src["root"], "small", "s1")
+    write(src["root"], "big", b"a" * 9_000_000)
+    checkpoint(store, src, everything, state_dir=sd)
+    write(src["root"], "big", b"b" * 9_000_000)
+    write(src["root"], "small", "s2")
+    t0 = time.monotonic()
+    res = checkpoint(store, src, everything, state_dir=sd, deadline=t0 + 1.5)
+    took = time.monotonic() - t0
+    assert took < 1.5, took  # the manifest was written before the deadline, not after the slow upload
+    assert res.snapshot_id and res.stored == ["root:small"] and res.missed_deadline == ["root:big"], res
+    dst = _areas(tmp_path, "fresh")
+    restore(store, dst)
+    assert (dst["root"] / "small").read_text() == "s2"
+    assert (dst["root"] / "big").read_bytes() == b"a" * 9_000_000
+    time.sleep(2.5)  # the abandoned upload ends (aborted or finished); the next checkpoint stores the file
+    res2 = checkpoint(store, src, everything, state_dir=sd)
+    assert res2.stored == ["root:big"]
 
 
 def test_keep_trims_old_manifests(tmp_path: Path) -> None:
