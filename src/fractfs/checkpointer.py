@@ -205,7 +205,7 @@ class Checkpointer:
             self.on_change()
             return []
         if hold:
-            if engine.left_out(res):
+            if len(res.skipped_busy) + len(res.missed_deadline):  # as Prepared.carried
                 self.retry_soon = True  # nothing new next to what was carried: nothing to commit yet
                 self.stats.last_stored = []
                 return []

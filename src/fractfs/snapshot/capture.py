@@ -308,9 +308,11 @@ def capture_stable(path: str, ctx: CaptureContext) -> Captured | str:
                 return OUT_OF_TIME
             if prev is None and i == 0 and _looks_sqlite(path) and path not in ctx.sqlite_unreadable_logged:
                 try:
-                    st = os.stat(path)
+                    st = os.lstat(path)
                 except FileNotFoundError:
                     return GONE
+                if st.st_mode & 0o170000 != S_IFREG:
+                    return BUSY  # became something else since the walk: the next round sees what
                 got_db = _capture_sqlite(path, st, ctx)
                 if got_db is not None:
                     return got_db  # the backup API's copy (or BUSY: still locked)

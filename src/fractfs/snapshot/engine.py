@@ -119,8 +119,12 @@ class Prepared:
 
     @property
     def carried(self) -> int:
-        """Changed files this checkpoint could not capture or store and kept the base's version of instead."""
-        return left_out(self.result)
+        """Changed files this checkpoint could not capture this round and kept the base's version of instead.
+
+        Files the store refused are not counted: they are carried too, but waiting does not help them, and a
+        caller that holds back a commit while anything is carried (the checkpointer, after taking over from
+        another node) would otherwise never commit again while such a file exists."""
+        return len(self.result.skipped_busy) + len(self.result.missed_deadline)
 
 
 def left_out(result: CheckpointResult) -> int:
