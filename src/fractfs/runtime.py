@@ -26,11 +26,15 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from . import provision as _provision
 from .checkpointer import Checkpointer, CheckpointStats, options_for, status_fields
 from .config import Config, load_config
+from .config import relpath_for as relpath_for  # re-exported: it lived here before
 from .daemon import SyncDaemon
 from .errors import CheckpointAborted as CheckpointAborted  # re-exported: older callers import it from here
-from .errors import FractfsError, ProvisionError
+from .errors import FractfsError
 from .lease import Lease, LeaseKeeper
 from .localfile import write_replace
+from .ownership import ensure_private_dir
+from .redact import redact_value
+from .report import STATUS_FILE, iso_utc
 from .selection import Selection, areas_for, detect_bundle, save_bundle
 from .tiers import Tier, TierResolver
 
@@ -40,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fractfs")
 
 _SignalHandler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
-STATUS_FILE = "status.json"
 #: Below this much time left, the final checkpoint is not even started (only the lease is released).
 MIN_FINAL = 0.3
 #: A checkpoint held back (see Checkpointer.run) is retried this soon.
@@ -49,11 +52,6 @@ RETRY_SOON = 1.0
 MANUAL = "manual"
 
 
-def iso_utc(ts: Optional[float]) -> Optional[str]:
-    """A Unix time as ISO 8601 UTC (as status() and the CLI show times), None for None."""
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 class Runtime:
@@ -93,22 +91,17 @@ class Runtime:
             log.info("fractfs: no volume configured (set fractfs_VOLUME_ROOT or volume_root): passthrough "
                      "mode, nothing is provisioned or checkpointed; root %s", cfg.root)
             return
-        from .stores import open_store
+        from .stores.open import check_volume_mounted, open_store
 
-        if cfg.is_posix_store and cfg.volume_root is not None:
-            # An unmounted Volume looks like an empty directory (or none at all): restoring from it would
-            # find nothing and checkpoints would fill node-local disk while claiming durability. Refuse.
-            vol = Path(cfg.volume_root)
-            if not vol.is_dir():
-                raise ProvisionError(
-                    f"Volume root {vol} ({cfg.sources.get('volume_root', 'volume_root')}) does not exist or is "
-                    "not a directory; mount the Volume there or fix fractfs_VOLUME_ROOT. fractfs does not "
-                    "create it, so an unmounted Volume never silently becomes local disk"
-                )
+        check_volume_mounted(cfg)  # before provisioning links anything to it
+        # scratch holds the app's pinned files, the stat cache, restore temps and the locks: refuse one another
+        # local user could read, plant files in or redirect (docs/security.md), before anything is written there
+        ensure_private_dir(cfg.scratch, "fractfs_SCRATCH")
+        ensure_private_dir(cfg.state_dir, "fractfs_SCRATCH (its .fractfs-state)")
         if cfg.dirs:
             self.report = _provision.provision(cfg, self.resolver, force=force)
             self.warnings.extend(self.report.warnings)
-        self.store = open_store(cfg.checkpoint_location or "", backend=cfg.backend)
+        self.store = open_store(cfg)
         from .snapshot import catalog
 
         # Take the lease (or learn who has it) before restoring: a node that holds it knows nobody else is
@@ -489,7 +482,8 @@ class Runtime:
         warnings = list(self.warnings)
         if lease is not None and lease["state"] == "standby" and not self.closed:
             warnings.append(self._standby_message())
-        return {
+        # redact_value: a Volume URL may carry user:secret@ (docs/security.md); status.json is written from this
+        return redact_value({
             "initialized": True,
             **cfg.summary(),
             # the mode in use: watch falls back to interval without inotify; "manual" when sync_interval is 0
@@ -510,7 +504,7 @@ class Runtime:
             "provision": report,
             "restore": self.restore_info,
             "warnings": warnings,
-        }
+        })
 
     def _persist_status(self) -> None:
         """status() as JSON in the state dir, for the `fractfs` command running in another process."""
@@ -540,32 +534,6 @@ def _join_app_threads() -> None:
         if t is me or t.daemon or t in workers or t is threading.main_thread():
             continue
         t.join()
-
-
-def relpath_for(config: Config, path: Union[str, "os.PathLike[str]"]) -> str:
-    """App-relative POSIX path for ``path`` (absolute under the root or scratch, or relative to the root)."""
-    p = Path(os.fspath(path))
-    if not p.is_absolute():
-        rel = os.path.normpath(p.as_posix())
-        if rel == ".":
-            return ""
-        if rel == ".." or rel.startswith("../"):
-            raise FractfsError(f"{path}: outside the app root {config.root}")
-        return Path(rel).as_posix()
-    absp = Path(os.path.abspath(p))
-    for base in (config.root, config.scratch):
-        if absp == base:
-            return ""
-        if base in absp.parents:
-            return absp.relative_to(base).as_posix()
-    if config.dirs_root is not None:
-        for d in config.dirs:
-            try:
-                rest = absp.relative_to(config.dirs_root / d)
-            except ValueError:
-                continue
-            return (Path(d) / rest).as_posix()
-    raise FractfsError(f"{path}: outside the app root {config.root}")
 
 
 def load(root: Optional[Union[str, "os.PathLike[str]"]]) -> Config:

@@ -47,7 +47,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 Fence = Callable[[], None]
 
 #: Kept for `fractfs prune` (cli.py) until it imports statcache.StateLock itself.
-_StateLock = StateLock
 
 
 @dataclass
