@@ -349,6 +349,9 @@ def _store_dirty(store: Store, areas: dict[str, Path], ch: Changes, opts: Option
             _take(ch, key, rec, got, path, result, packer, placed)
         packer.finish()
         _settle(ch, placed, result)
+        # in the order they were taken up (newest first under a deadline), not the order they were given up
+        rank = {f"{a}:{r}": i for i, (a, r, _rec) in enumerate(dirty)}
+        result.missed_deadline.sort(key=lambda label: rank.get(label, len(rank)))
     finally:
         if readers is not None:
             readers.close()
