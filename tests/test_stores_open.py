@@ -70,21 +70,21 @@ def test_the_package_level_opener_is_looked_up_at_call_time(tmp_path: Path,
     """Fault injection and the torture benchmark wrap every store the app opens by replacing
     fractfs.stores.open_store; open_store(config) must go through whatever is there."""
     cfg = make_app(tmp_path)
-    seen: list[tuple[str, Any]] = []
+    seen: list[tuple[str, Any, bool]] = []
 
-    def wrapped(location: str, *, backend: str | None = None) -> Any:
-        seen.append((location, backend))
-        return open_location(location, backend=backend)
+    def wrapped(location: str, *, backend: str | None = None, fast_path: bool = True) -> Any:
+        seen.append((location, backend, fast_path))
+        return open_location(location, backend=backend, fast_path=fast_path)
 
     monkeypatch.setattr(stores, "open_store", wrapped)
     open_store(cfg)
-    assert seen == [(cfg.checkpoint_location, cfg.backend)]
+    assert seen == [(cfg.checkpoint_location, cfg.backend, cfg.s3_fast_path)]
 
 
 def test_missing_backend_package_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = make_app(tmp_path)
 
-    def no_sdk(location: str, *, backend: str | None = None) -> Any:
+    def no_sdk(location: str, **_kw: Any) -> Any:
         raise ImportError("No module named 's3fs'", name="s3fs")
 
     monkeypatch.setattr(stores, "open_store", no_sdk)

@@ -25,7 +25,7 @@ from .errors import (
 from .redact import RedactingFilter
 from .tiers import Tier, TierResolver
 
-__version__ = "0.3.0.dev0"
+from ._version import __version__ as __version__
 __all__ = [
     "init", "sync_now", "status", "shutdown", "resolve", "Tier", "Config", "load_config",
     "FractfsError", "ConfigError", "ClobberError", "ProvisionError", "StoreError", "StoreNotFound",

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, NoReturn, Optional
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ConfigError, FractfsError, SnapshotNotFound
 from . import doctor, explain, prune, restore, snapshots, status, sync, verify
 from .exitcodes import EXIT_INTERRUPTED, EXIT_PROBLEM, EXIT_USAGE, UsageError
