@@ -179,8 +179,8 @@ def test_stats_keep_app_paths_and_status_fields_keep_their_names() -> None:
     assert set(fields) == {
         "last_sync_time", "last_sync_time_iso", "last_sync_start", "last_sync_start_iso", "last_sync_duration",
         "last_snapshot_id", "last_stored_count", "last_uploaded_bytes", "last_missed_deadline",
-        "last_skipped_busy", "kept_unrestored", "files", "bytes", "syncs", "consecutive_failures",
-        "last_error", "last_error_time", "last_error_time_iso"}
+        "last_skipped_busy", "not_stored", "last_unsettled", "kept_unrestored", "files", "bytes", "syncs",
+        "consecutive_failures", "last_error", "last_error_time", "last_error_time_iso"}
 
 
 def test_one_shot_takes_the_lease_commits_and_releases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -454,3 +454,37 @@ def test_checkpoint_restore_round_trip(
     assert temp_leftovers(target["root"]) == []
     report = verify(store)
     assert not report.ok and report.bad_blobs == [pkey]
+
+
+def test_checkpoint_leaves_out_a_file_over_the_request_limit_and_commits_the_rest(
+    fake: FakeDatabricks, tmp_path: Path
+) -> None:
+    """Issue 11 point 7 on the Files API: a changed file larger than one request takes is refused per object;
+    the checkpoint commits the 2-byte state change next to it, keeps the file's previous version and status
+    names it with the store's reason."""
+    from fractfs.checkpointer import Checkpointer, status_fields
+    from fractfs.snapshot import restore
+    from fractfs.snapshot.engine import Options
+
+    store = DatabricksFilesStore(ROOT, client=client_for(fake), max_object_size=64 * 1024)
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "state.txt").write_text("v1")
+    (app / "big.bin").write_bytes(os.urandom(48 * 1024))  # under the limit: stored as its own object
+    cp = Checkpointer(store, areas=lambda: {"root": app}, want=lambda: (lambda _a, _r, _d: True),
+                      state_dir=tmp_path / "state", options=Options(large_file=32 * 1024), keeper=None)
+    assert sorted(cp.checkpoint()) == ["big.bin", "state.txt"]
+    (app / "big.bin").write_bytes(os.urandom(100 * 1024))  # over it now
+    (app / "new-big.bin").write_bytes(os.urandom(70 * 1024))  # new and over it: left out
+    (app / "state.txt").write_text("v2")
+    assert cp.checkpoint() == ["state.txt"]
+    fields = status_fields(cp.stats, lambda t: t)
+    assert fields["last_error"] is None
+    reasons = {e["path"]: e["reason"] for e in fields["not_stored"]}
+    assert sorted(reasons) == ["big.bin", "new-big.bin"], reasons
+    assert "102400" in reasons["big.bin"] and str(64 * 1024) in reasons["big.bin"]
+    dst = tmp_path / "fresh"
+    res = restore(store, {"root": dst})
+    assert not res.errors
+    assert (dst / "state.txt").read_text() == "v2"
+    assert (dst / "big.bin").stat().st_size == 48 * 1024 and not (dst / "new-big.bin").exists()

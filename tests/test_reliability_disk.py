@@ -149,3 +149,51 @@ def test_checkpoint_with_a_full_scratch_does_not_damage_the_store(
     con.close()
     assert verify(store, "all").ok
     print(json.dumps({"full_scratch_sync": out, "snapshots": len(list_snapshots(store))}))
+
+
+def test_a_file_larger_than_the_volume_is_left_out_and_the_rest_committed(
+    tmp_path: Path, tmpfs_factory: Callable[..., Path]
+) -> None:
+    """Issue 11 point 7: a changed file that the Volume has no room for (ENOSPC on its object) used to fail
+    every checkpoint, so the 2-byte state change next to it was never saved. Now the checkpoint commits the
+    state change, keeps the big file's previous version, and status() names the file and why."""
+    volume = tmpfs_factory("24m")
+    node = Node(tmp_path / "node", volume, env={"fractfs_BACKEND": "volumes"})
+    out = node.run("""
+        fractfs.init()
+        open("state.txt", "w").write("v1")
+        with open("big.bin", "wb") as f:
+            f.write(os.urandom(9 << 20))  # fits: stored as its own object
+        fractfs.sync_now()
+        with open("big.bin", "ab") as f:
+            f.write(os.urandom(30 << 20))  # now 39 MiB: larger than the whole Volume
+        open("state.txt", "w").write("v2")
+        stored = fractfs.sync_now()
+        st = fractfs.status()
+        fractfs.shutdown(final_sync=False)
+        print(json.dumps({"stored": stored, "not_stored": st["not_stored"], "last_error": st["last_error"],
+                          "failures": st["consecutive_failures"]}))
+    """)
+    assert out["stored"] == ["state.txt"] and out["last_error"] is None and out["failures"] == 0, out
+    [entry] = out["not_stored"]
+    assert entry["path"] == "big.bin" and "full" in entry["reason"] and str(volume) in entry["reason"], entry
+    # the Volume holds no half-written object, and a cold node gets the new state and the big file's old version
+    assert [p for p in volume.rglob("*") if ".tmp-" in p.name] == []
+    store = PosixStore(volume / "_checkpoint")
+    assert verify(store, "all").ok
+    dst = tmp_path / "check"
+    res = restore(store, {"root": dst})
+    assert not res.errors
+    assert (dst / "state.txt").read_text() == "v2"
+    assert (dst / "big.bin").stat().st_size == 9 << 20
+    # the final checkpoint at exit does the same, and its report says it is not complete
+    node.run("""
+        fractfs.init()
+        open("state.txt", "w").write("v3")
+        fractfs.shutdown()
+    """)
+    final = json.loads((node.scratch / ".fractfs-state" / "status.json").read_text())["final_sync"]
+    assert final["ok"] is False and final["complete"] is False and final["missed"] == ["big.bin"], final
+    assert list(final["not_stored"]) == ["big.bin"] and "error" not in final
+    res = restore(store, {"root": tmp_path / "check2"})
+    assert not res.errors and (tmp_path / "check2" / "state.txt").read_text() == "v3"

@@ -3,10 +3,11 @@ platform does it (SIGTERM, SIGKILL 10 s later), the node is wiped, and a cold no
 app had acknowledged before the signal. ``benchmarks/torture_sqlite.py`` holds the machinery and runs the long
 version; docs/reliability.md has its figures.
 
-The sizes are the smallest that still show the bug with the default ``grace`` (8 s): the final checkpoint
-assumes 20 MiB/s before it has measured anything, so it declares a changed file over about 120 MB "out of
-time" within milliseconds (copying it locally takes about a second). The controls below that size pass today
-and show that the harness finds nothing to complain about when the final checkpoint does its job.
+The sizes are the smallest that showed the bug with the default ``grace`` (8 s): the final checkpoint used to
+assume 20 MiB/s before it had measured anything, so it declared a changed file over about 120 MB "out of time"
+within milliseconds (copying it locally takes about a second), and it skipped files written more often than
+every 30 ms as busy. The controls below that size passed then too: the harness finds nothing to complain
+about when the final checkpoint does its job.
 """
 from __future__ import annotations
 
@@ -39,8 +40,6 @@ def _assert_all_ok(got: list[torture_sqlite.Trial]) -> None:
     assert not bad, "\n".join(torture_sqlite.line(tr) + "\n  " + json.dumps(asdict(tr)["final"]) for tr in bad)
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "the final checkpoint assumes 20 MiB/s and skips a changed "
-                   "database over ~120 MB as out of time: the previous snapshot comes back")
 def test_sigterm_keeps_every_committed_transaction_of_a_big_wal_database(tmp_path: Path) -> None:
     got = _run(tmp_path, "sqlite", 2, db_mb=(130.0, 140.0), max_delay=4.0)
     for tr in got:
@@ -48,21 +47,17 @@ def test_sigterm_keeps_every_committed_transaction_of_a_big_wal_database(tmp_pat
     _assert_all_ok(got)
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "a 4 KiB edit in a large file made 0.3 s before SIGTERM is "
-                   "left out of the final checkpoint as out of time")
 def test_sigterm_keeps_a_late_edit_in_a_large_file(tmp_path: Path) -> None:
     _assert_all_ok(_run(tmp_path, "bigfile", 2, big_mib=160))
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE + "files written more often than every ~30 ms are skipped as busy "
-                   "by every checkpoint, the final one included: they are missing after a wipe")
 def test_sigterm_keeps_hot_files(tmp_path: Path) -> None:
-    # three trials: under heavy load a starved writer can leave both files still for 30 ms, and today's code
-    # then stores them (1 trial in 10 at load average 11); all three lucky would flip this xfail
+    # three trials: under heavy load a starved writer can leave both files still for 30 ms, and the old code
+    # then stored them (1 trial in 10 at load average 11); all three lucky would have hidden the bug
     _assert_all_ok(_run(tmp_path, "hot", 3, max_delay=3.0))
 
 
-# -- controls: the same harness where the final checkpoint fits its assumed rate (pass today) ---------------
+# -- controls: the same harness at sizes the old rate guess did fit (they passed before the fix too) ---------
 
 def test_control_small_wal_database_loses_no_commit(tmp_path: Path) -> None:
     got = _run(tmp_path, "sqlite", 2, db_mb=(30.0, 40.0), max_delay=4.0)

@@ -15,6 +15,7 @@ from fractfs.snapshot import checkpoint, latest_paths, list_snapshots, restore
 from fractfs.snapshot import capture as capture_mod
 from fractfs.snapshot import engine as engine_mod
 from fractfs.snapshot.format import SQLITE_MAGIC
+from fractfs.stores import PosixStore
 
 
 def _areas(tmp_path: Path, name: str = "app") -> dict[str, Path]:
@@ -196,16 +197,18 @@ def test_file_changing_during_read_is_never_recorded_torn(
     sd = tmp_path / "state"
     first = checkpoint(store, src, everything, state_dir=sd)
 
-    # v2 on disk when the checkpoint starts; every read of it is followed by an append
+    # v2 on disk when the checkpoint starts; every read of it is followed by a rewrite in place (same size,
+    # other bytes each time): no two reads agree, so no version can be proven
     write(src["root"], "log", "v2 " * 100)
     write(src["root"], "other", "changed")
+    rewrites = iter(range(10**6))
 
-    def grow(path: str) -> None:
+    def scribble(path: str) -> None:
         if path.endswith("/log"):
-            with open(path, "ab") as f:
-                f.write(b"more")
+            with open(path, "r+b") as f:
+                f.write(b"%06d" % next(rewrites))
 
-    monkeypatch.setattr(capture_mod, "_after_read_hook", grow)
+    monkeypatch.setattr(capture_mod, "_after_read_hook", scribble)
     with caplog.at_level(logging.INFO, logger="fractfs"):
         res = checkpoint(store, src, everything, state_dir=sd)
     assert res.skipped_busy == ["root:log"]
@@ -220,7 +223,7 @@ def test_file_changing_during_read_is_never_recorded_torn(
     # next round, once it is quiet, the file is taken
     monkeypatch.setattr(capture_mod, "_after_read_hook", None)
     res2 = checkpoint(store, src, everything, state_dir=sd)
-    assert res2.stored == ["root:log"] and first.snapshot_id != res2.snapshot_id
+    assert res2.stored == ["root:log"] and first.snapshot_id != res2.snapshot_id and res2.unsettled == []
     dst2 = _areas(tmp_path, "fresh2")
     restore(store, dst2)
     assert (dst2["root"] / "log").read_bytes() == (src["root"] / "log").read_bytes()
@@ -229,8 +232,9 @@ def test_file_changing_during_read_is_never_recorded_torn(
 def test_file_growing_in_a_thread_is_consistent(tmp_path: Path) -> None:
     """A real writer thread appends whole lines: before some checkpoints it adds a chunk and stops, during others
     it keeps appending until the checkpoint returns. Each checkpoint either stores the file as a prefix of
-    whole lines that extends the previous one, or reports it busy and keeps the previous version (never
-    drops it); once the writer stops, the next checkpoint stores exactly what is on disk."""
+    whole lines that extends the previous one (while it grows: the stable prefix of two reads), or reports it
+    busy and keeps the previous version (never drops it); once the writer stops, the next checkpoint stores
+    exactly what is on disk."""
     store = make_store(tmp_path)
     src = _areas(tmp_path)
     sd = tmp_path / "state"
@@ -289,9 +293,9 @@ def test_file_growing_in_a_thread_is_consistent(tmp_path: Path) -> None:
     finally:
         stop.set()
         t.join()
-    # a file that changes all through a checkpoint cannot be captured (reads are retried, then given up);
-    # one that was quiet can
-    assert outcomes[0::2] == ["stored"] * 3 and "busy" in outcomes[1::2], outcomes
+    # a file that was quiet is stored; one that grows all through a checkpoint is stored too since issue 11
+    # (point 2), as the stable prefix two reads agreed on: a whole-line prefix extending the previous one
+    assert outcomes[0::2] == ["stored"] * 3 and outcomes.count("busy") <= 1, outcomes
     last = checkpoint(store, src, everything, state_dir=sd)
     assert last.stored == ["root:journal"] and last.skipped_busy == []
     assert stored_journal(last.snapshot_id) == p.read_text()
@@ -301,15 +305,82 @@ def test_new_busy_file_is_left_out_and_reported(tmp_path: Path, monkeypatch: pyt
     store = make_store(tmp_path)
     src = _areas(tmp_path)
     write(src["root"], "hot", "x")
+    flips = iter(range(10**6))
 
-    def grow(path: str) -> None:
-        with open(path, "ab") as f:
-            f.write(b"y")
+    def scribble(path: str) -> None:
+        with open(path, "wb") as f:
+            n = next(flips)
+            f.write(bytes([65 + n % 26]) * (1 + n % 3))  # other bytes (and size) after every read
 
-    monkeypatch.setattr(capture_mod, "_after_read_hook", grow)
+    monkeypatch.setattr(capture_mod, "_after_read_hook", scribble)
     res = checkpoint(store, src, everything, state_dir=tmp_path / "state")
     assert res.skipped_busy == ["root:hot"]
     assert ("root", "hot") not in latest_paths(store)
+
+
+@pytest.mark.parametrize("size", [300, 9 << 20], ids=["packed", "object"])
+def test_file_appended_after_every_read_is_stored_as_its_stable_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Issue 11 point 2: a file that grows between every two reads is never settled, but two reads agree on
+    the first one's bytes: that prefix (a state the file really had) is stored, and read again next time."""
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    sd = tmp_path / "state"
+    body = b"".join(b"line %08d\n" % i for i in range(size // 14 + 1))
+    write(src["root"], "log", body)
+    appended: list[int] = []
+
+    def grow(path: str) -> None:
+        with open(path, "ab") as f:
+            f.write(b"line %08d\n" % (10**7 + len(appended)))
+        appended.append(os.path.getsize(path))
+
+    monkeypatch.setattr(capture_mod, "_after_read_hook", grow)
+    res = checkpoint(store, src, everything, state_dir=sd)
+    monkeypatch.setattr(capture_mod, "_after_read_hook", None)
+    assert res.stored == ["root:log"] and res.unsettled == ["root:log"] and res.skipped_busy == []
+    dst = _areas(tmp_path, "fresh")
+    restore(store, dst)
+    got = (dst["root"] / "log").read_bytes()
+    now = (src["root"] / "log").read_bytes()
+    assert now.startswith(got) and len(got) in [len(body)] + appended  # exactly a size the file had
+    assert list((sd / "tmp").iterdir()) == []  # the copies of the large one's reads are gone
+    # never remembered as read: the next (quiet) checkpoint reads it again and stores all of it
+    res2 = checkpoint(store, src, everything, state_dir=sd)
+    assert res2.stored == ["root:log"] and res2.unsettled == []
+    dst2 = _areas(tmp_path, "fresh2")
+    restore(store, dst2)
+    assert (dst2["root"] / "log").read_bytes() == now
+
+
+def test_file_rewritten_in_place_between_reads_is_stored_when_two_reads_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file rewritten faster than the racy-timestamp guard can wait is stored once two whole reads return the
+    same bytes, even though its mtime keeps moving; such a capture is not cached as read."""
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    sd = tmp_path / "state"
+    p = write(src["root"], "progress", b"n=000001".ljust(64))
+    reads = [0]
+
+    def touch(path: str) -> None:
+        reads[0] += 1
+        st = os.stat(path)
+        # the first pass's reads each see a new version; afterwards only the timestamps move
+        data = (b"n=%06d" % reads[0]).ljust(64) if reads[0] <= 3 else p.read_bytes()
+        with open(path, "r+b") as f:
+            f.write(data)
+        os.utime(path, ns=(st.st_atime_ns, time.time_ns()))
+
+    monkeypatch.setattr(capture_mod, "_after_read_hook", touch)
+    res = checkpoint(store, src, everything, state_dir=sd)
+    monkeypatch.setattr(capture_mod, "_after_read_hook", None)
+    assert res.stored == ["root:progress"] and res.unsettled == ["root:progress"], res
+    dst = _areas(tmp_path, "fresh")
+    restore(store, dst)
+    assert (dst["root"] / "progress").read_bytes() == p.read_bytes()
 
 
 def test_deadline_stores_newest_first_and_reports_the_rest(tmp_path: Path) -> None:
@@ -329,6 +400,38 @@ def test_deadline_stores_newest_first_and_reports_the_rest(tmp_path: Path) -> No
     res = checkpoint(store, src, everything, state_dir=sd, deadline=time.monotonic() + 60)
     assert res.missed_deadline == [] and len(res.stored) == 20
     assert res.stored[0] == "root:f19"
+
+
+def test_deadline_commits_what_finished_and_abandons_an_upload_that_did_not(tmp_path: Path) -> None:
+    """Issue 11 point 1: under a deadline nothing is estimated. Small files go first, large ones after, and
+    at the cutoff (the deadline minus the manifest's reserve) an upload still running is abandoned: the rest
+    is committed in time and the large file keeps its previous version, listed in missed_deadline."""
+
+    class SlowObjects(PosixStore):
+        def put_file(self, key: str, path: Path) -> None:
+            time.sleep(2.5)  # a large upload that cannot finish before the cutoff
+            super().put_file(key, path)
+
+    store = SlowObjects(tmp_path / "store")
+    src = _areas(tmp_path)
+    sd = tmp_path / "state"
+    write(src["root"], "small", "s1")
+    write(src["root"], "big", b"a" * 9_000_000)
+    checkpoint(store, src, everything, state_dir=sd)
+    write(src["root"], "big", b"b" * 9_000_000)
+    write(src["root"], "small", "s2")
+    t0 = time.monotonic()
+    res = checkpoint(store, src, everything, state_dir=sd, deadline=t0 + 1.5)
+    took = time.monotonic() - t0
+    assert took < 1.5, took  # the manifest was written before the deadline, not after the slow upload
+    assert res.snapshot_id and res.stored == ["root:small"] and res.missed_deadline == ["root:big"], res
+    dst = _areas(tmp_path, "fresh")
+    restore(store, dst)
+    assert (dst["root"] / "small").read_text() == "s2"
+    assert (dst["root"] / "big").read_bytes() == b"a" * 9_000_000
+    time.sleep(2.5)  # the abandoned upload ends (aborted or finished); the next checkpoint stores the file
+    res2 = checkpoint(store, src, everything, state_dir=sd)
+    assert res2.stored == ["root:big"]
 
 
 def test_keep_trims_old_manifests(tmp_path: Path) -> None:

@@ -51,6 +51,10 @@ class CheckpointStats:
     uploaded_bytes: int = 0
     missed_deadline: list[str] = field(default_factory=list)
     skipped_busy: list[str] = field(default_factory=list)
+    #: app path -> why the store refused it (the last checkpoint committed without it)
+    not_stored: dict[str, str] = field(default_factory=dict)
+    #: app paths stored from two agreeing reads while they kept changing (see capture.capture_stable)
+    unsettled: list[str] = field(default_factory=list)
     kept_unrestored: list[str] = field(default_factory=list)
     syncs: int = 0
     consecutive_failures: int = 0
@@ -76,6 +80,8 @@ class CheckpointStats:
         self.uploaded_bytes = res.uploaded_bytes
         self.missed_deadline = list(res.missed_deadline)
         self.skipped_busy = list(res.skipped_busy)
+        self.not_stored = {_app_path(p): why for p, why in res.rejected.items()}
+        self.unsettled = [_app_path(p) for p in res.unsettled]
         self.kept_unrestored = [_app_path(p) for p in res.kept_unrestored]
         self.syncs += 1
         self.consecutive_failures = 0
@@ -113,6 +119,8 @@ class Checkpointer:
         # (after taking the lease). See run().
         self._foreign_base: Optional[bool] = False
         self._foreign_from = ""
+        #: what the last run prepared (committed or held back); None before the first or after a failure
+        self.last_result: Optional[CheckpointResult] = None
 
     # -- the lock and aborting ------------------------------------------------------------------------
     def acquire(self, timeout: Optional[float]) -> bool:
@@ -164,6 +172,7 @@ class Checkpointer:
         start = time.time()
         self.stats.last_sync_start = start
         self.retry_soon = False
+        self.last_result = None
         if self._foreign_base is None:
             try:
                 self._check_base()
@@ -196,7 +205,7 @@ class Checkpointer:
             self.on_change()
             return []
         if hold:
-            if len(res.skipped_busy) + len(res.missed_deadline):
+            if len(res.skipped_busy) + len(res.missed_deadline):  # as Prepared.carried
                 self.retry_soon = True  # nothing new next to what was carried: nothing to commit yet
                 self.stats.last_stored = []
                 return []
@@ -214,6 +223,7 @@ class Checkpointer:
         sdir = engine.state_path(state_dir)
         with StateLock(sdir):
             prep = engine.prepare(store, self.areas(), self.want(), sdir, opts)
+            self.last_result = prep.result
             if hold and prep.carried and prep.name is not None:
                 log.warning("fractfs: %s checkpoint not committed: %d files could not be captured this round, "
                             "and the snapshot to compare with is %s's, which this node never restored; "
@@ -221,6 +231,23 @@ class Checkpointer:
                             self._foreign_from)
                 return None
             return engine.commit(store, prep, self._fence(store))
+
+    def final_report(self) -> dict[str, Any]:
+        """What the last run left out, for ``status()["final_sync"]``: ``complete`` is False when any changed
+        file is not in the committed snapshot in its current version (out of time, still busy, refused by the
+        store) or nothing was committed; ``missed`` names them all (app paths)."""
+        res = self.last_result
+        if res is None:
+            return {"complete": False, "missed": [], "missed_deadline": [], "skipped_busy": [], "not_stored": {},
+                    "unsettled": []}
+        report = {
+            "missed_deadline": [_app_path(p) for p in res.missed_deadline],
+            "skipped_busy": [_app_path(p) for p in res.skipped_busy],
+            "not_stored": {_app_path(p): why for p, why in res.rejected.items()},
+            "unsettled": [_app_path(p) for p in res.unsettled],
+        }
+        missed = sorted({*report["missed_deadline"], *report["skipped_busy"], *report["not_stored"]})
+        return {"complete": not missed and not self.retry_soon, "missed": missed, **report}
 
     def _fence(self, store: AbortableStore) -> Callable[[], None]:
         keeper = self.keeper
@@ -313,6 +340,11 @@ def status_fields(stats: CheckpointStats, iso: Callable[[Optional[float]], Any])
         # changed files the last checkpoint could not capture (still changing, unreadable); their previous
         # version stays in the snapshot and they are retried at the next one
         "last_skipped_busy": stats.skipped_busy[:100],
+        # changed files the store refused (too large for it, or it is full): the last checkpoint committed
+        # everything else and kept their previous version (issue 11, point 7)
+        "not_stored": [{"path": p, "reason": why} for p, why in list(stats.not_stored.items())[:100]],
+        # files that kept changing, stored from two reads that agreed (a whole version, or an append's prefix)
+        "last_unsettled": stats.unsettled[:100],
         # files the cold-start restore could not write, still kept in new snapshots (snapshot/unrestored.py)
         "kept_unrestored": stats.kept_unrestored[:100],
         "files": stats.files,

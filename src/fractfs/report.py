@@ -80,6 +80,10 @@ class Status(ConfigSummary):
     last_uploaded_bytes: int
     last_missed_deadline: list[str]
     last_skipped_busy: list[str]
+    #: changed files the store refused ({"path", "reason"}); the last checkpoint committed the rest
+    not_stored: list[dict[str, str]]
+    #: files stored from two agreeing reads while they kept changing (a whole version, or an append's prefix)
+    last_unsettled: list[str]
     kept_unrestored: list[str]
     files: int
     bytes: int

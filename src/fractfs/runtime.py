@@ -324,8 +324,9 @@ class Runtime:
         finally:
             if got:
                 cp.release()
-        return {"ok": not cp.retry_soon, "path": path, "stored": len(stored), "held_back": cp.retry_soon,
-                "snapshot_id": self.stats.last_snapshot_id, "missed_deadline": list(self.stats.missed_deadline)}
+        report = cp.final_report()  # ok only when every changed file made it (issue 11, point 1)
+        return {"ok": report["complete"], "path": path, "stored": len(stored), "held_back": cp.retry_soon,
+                "snapshot_id": self.stats.last_snapshot_id, **report}
 
     # -- stopping --------------------------------------------------------------------------------------
     def shutdown(self, final_sync: bool = True, *, anchor: Optional[float] = None) -> None:

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Union
 
-from ..errors import AlreadyExists, FractfsError, StoreError
+from ..errors import AlreadyExists, FractfsError, ObjectRejected, StoreError
 from ..localfile import private_dir, unlink_if_present
 from ..stores.base import Store
+from ..stores.wrappers import abortable
 from . import capture, catalog, diff, scan, statcache, unrestored
 from .capture import MiB, CaptureContext, Captured, Readers
 from .diff import Base, Changes, Key
@@ -76,8 +77,15 @@ class CheckpointResult:
     deleted: list[str] = field(default_factory=list)
     skipped_busy: list[str] = field(default_factory=list)
     duration: float = 0.0
-    #: Changed files left out because ``deadline`` was near (their previous version, if any, is kept).
+    #: Changed files left out because ``deadline`` came before they were read and uploaded (their previous
+    #: version, if any, is kept).
     missed_deadline: list[str] = field(default_factory=list)
+    #: Changed files the store refused to take (one object too large, the store full): path -> the store's
+    #: reason. Their previous version, if any, is kept; the rest of the checkpoint is committed.
+    rejected: dict[str, str] = field(default_factory=dict)
+    #: Files that kept changing and were stored from two reads that agreed (identical bytes, or the stable
+    #: prefix of a file that only grew) rather than from a settled read; read again next time.
+    unsettled: list[str] = field(default_factory=list)
     uploaded_bytes: int = 0
     parent: str | None = None
     #: Entries a restore could not write, kept from the previous snapshot (see :mod:`.unrestored`).
@@ -116,11 +124,21 @@ class Prepared:
     rows: Rows = field(default_factory=dict)
     kept: list[Entry] = field(default_factory=list)
     waiting_unrestored: int = 0
+    deadline: float | None = None
 
     @property
     def carried(self) -> int:
-        """Changed files this checkpoint could not capture and kept the base's version of instead."""
+        """Changed files this checkpoint could not capture this round and kept the base's version of instead.
+
+        Files the store refused are not counted: they are carried too, but waiting does not help them, and a
+        caller that holds back a commit while anything is carried (the checkpointer, after taking over from
+        another node) would otherwise never commit again while such a file exists."""
         return len(self.result.skipped_busy) + len(self.result.missed_deadline)
+
+
+def left_out(result: CheckpointResult) -> int:
+    """How many changed files a checkpoint left out (busy, out of time, refused by the store)."""
+    return len(result.skipped_busy) + len(result.missed_deadline) + len(result.rejected)
 
 
 def no_fence() -> None:
@@ -146,8 +164,9 @@ def checkpoint(
 
     ``want(area, relpath, is_dir)`` selects entries (False on a directory skips its subtree; None = all).
     ``state_dir`` is node-local and holds the stat cache. ``deadline`` is a ``time.monotonic()`` value: when it
-    is set, changed files are stored newest-modified first and those that would not fit are left out (listed
-    in ``missed_deadline``, their previous version kept). After a new snapshot only the newest ``keep``
+    is set, changed files are stored small ones first, then large ones, each most recently modified first,
+    until a cutoff that leaves time for the manifest; what was not read and uploaded by then is left out
+    (listed in ``missed_deadline``, their previous version kept) and the rest is committed. After a new snapshot only the newest ``keep``
     manifests are kept; unreferenced blobs are removed by :func:`prune`. ``fence`` is called right before
     the manifest is written and may raise to refuse the commit.
     """
@@ -225,7 +244,7 @@ def prepare(store: Store, areas: dict[str, Path], want: Want | None, state_dir: 
     result.bytes = sum(e.size for e in ch.new.values() if e.type == FILE)
 
     prep = Prepared(result=result, state_dir=state_dir, keep=opts.keep, t0=t0, names=usable, kept=kept,
-                    waiting_unrestored=waiting)
+                    waiting_unrestored=waiting, deadline=opts.deadline)
     snapshot_id = base.id
     snapshot_size = look.sized.get(base.name) if base.name is not None else None
     if ch.new != base.entries:
@@ -272,53 +291,115 @@ def _choose_base(store: Store, look: _Look, sdir: Path) -> tuple[Base, Rows]:
     return Base(id=m.id if m else None, name=m.name if m else None, entries=entries, synced=False), rows
 
 
+def _order(dirty: list[tuple[str, str, tuple[str, int, int, int, int, int]]], opts: Options) -> None:
+    """The order files are read in. Without a deadline: by path (deterministic packing). With one: small files
+    first (many of them fit in little time), then large ones; each group most recently modified first (the
+    likeliest to matter on restart, and the ones no earlier checkpoint has)."""
+    if opts.deadline is None:
+        dirty.sort(key=lambda d: (d[0], d[1]))
+    else:
+        dirty.sort(key=lambda d: (d[2][2] >= opts.large_file, -d[2][3], d[0], d[1]))
+
+
+def manifest_reserve(entries: int) -> float:
+    """Seconds kept back before a deadline for building and writing the manifest and saving the stat cache:
+    a fixed part for the store's round trips, plus the encoding, which grows with the entries."""
+    return 0.5 + 4e-6 * entries
+
+
 def _store_dirty(store: Store, areas: dict[str, Path], ch: Changes, opts: Options, tmpdir: Path,
                  result: CheckpointResult) -> int:
     """Read every dirty file and put its content on the store; returns the bytes uploaded.
 
-    Files are read in a fixed order (newest-modified first under a deadline, else by path) so packing is
-    deterministic; a file that is busy, unreadable or out of time keeps the base's entry.
+    A file that is busy on its first read is retried at the end of the pass (:func:`capture.capture_stable`);
+    one that is still busy, unreadable, out of time or refused by the store keeps the base's entry.
+
+    Under a deadline there is no estimate of how long anything takes: files are read and uploaded in
+    :func:`_order` until a cutoff (the deadline minus :func:`manifest_reserve`); uploads still running then are
+    abandoned (their store is aborted) and what finished is committed.
     """
     dirty = ch.dirty
-    if opts.deadline is not None:
-        dirty.sort(key=lambda d: -d[2][3])  # most recently modified first: likeliest to matter on restart
-    else:
-        dirty.sort(key=lambda d: (d[0], d[1]))
+    _order(dirty, opts)
+    cutoff = None if opts.deadline is None else opts.deadline - manifest_reserve(len(ch.new) + len(dirty))
     # a packed file is at most MAX_PACKED_FILE (a restore refuses larger ones): stream anything above it
-    ctx = CaptureContext(tmpdir, min(opts.large_file, MAX_PACKED_FILE), opts.deadline, opts.content_hash)
-    packer = Packer(store, max(1, opts.transfers), opts.pack_size)
+    ctx = CaptureContext(tmpdir, min(opts.large_file, MAX_PACKED_FILE), cutoff, opts.content_hash,
+                         cancelled=lambda: getattr(store, "aborted", False) is True)
+    # Uploads go through their own abortable view of the store: at the cutoff it is aborted, so uploads that
+    # have not finished stop at their next request, while the manifest still goes through ``store``.
+    up_store = abortable(store)
+    packer = Packer(up_store, max(1, opts.transfers), opts.pack_size, until=cutoff)
     placed: dict[Key, tuple[Captured, NewLoc]] = {}
-    reserve = 0.5 + 4e-6 * (len(ch.new) + len(dirty))  # time kept back for writing the manifest
-    # With a deadline every file's budget is checked right before it is read, so read one at a time there.
-    readers = None if opts.deadline is not None or len(dirty) < 2 else Readers(
+    later: list[tuple[str, str, tuple[str, int, int, int, int, int]]] = []
+    # With a deadline, files are read one at a time, so the cutoff is checked right before each.
+    readers = None if cutoff is not None or len(dirty) < 2 else Readers(
         [(os.path.join(os.fspath(areas[a]), r), rec[2]) for a, r, rec in dirty], ctx, capture.READERS)
     try:
         for i, (area, rel, rec) in enumerate(dirty):
             key = (area, rel)
-            if opts.deadline is not None and ctx.time_left() - reserve < packer.seconds_needed(rec[2]) + 0.002:
-                result.missed_deadline.append(f"{area}:{rel}")
-                ch.carry(key)
-                ch.digest_ok = False
-                continue
             path = os.path.join(os.fspath(areas[area]), rel)
+            if ctx.stop():
+                _missed(ch, key, result)
+                continue
             try:
                 got = capture.capture(path, ctx) if readers is None else readers.get(i)
             except OSError as exc:
                 log.warning("fractfs: cannot read %s (%s); keeping its previous state", path, exc)
                 _busy(ch, key, result)
                 continue
-            cap = _captured(ch, key, rec, got, path, result)
-            if cap is not None:
-                _place(ch, key, cap, packer, placed)
+            if got == capture.BUSY:
+                later.append((area, rel, rec))  # spread the attempts: it gets another chance at the end
+                continue
+            _take(ch, key, rec, got, path, result, packer, placed)
+        for area, rel, rec in later:
+            key = (area, rel)
+            path = os.path.join(os.fspath(areas[area]), rel)
+            if ctx.stop():
+                _missed(ch, key, result)
+                continue
+            try:
+                got = capture.capture_stable(path, ctx)
+            except OSError as exc:
+                log.warning("fractfs: cannot read %s (%s); keeping its previous state", path, exc)
+                _busy(ch, key, result)
+                continue
+            _take(ch, key, rec, got, path, result, packer, placed)
         packer.finish()
+        _settle(ch, placed, result)
+        # in the order they were taken up (newest first under a deadline), not the order they were given up
+        rank = {f"{a}:{r}": i for i, (a, r, _rec) in enumerate(dirty)}
+        result.missed_deadline.sort(key=lambda label: rank.get(label, len(rank)))
     finally:
         if readers is not None:
             readers.close()
-        packer.close()
+        if cutoff is not None:
+            up_store.abort()  # whatever is still uploading is not waited for (see the docstring)
+        packer.close(wait=cutoff is None)
         for leftover in tmpdir.iterdir():
             unlink_if_present(leftover)
-    _settle(ch, placed, result)
     return packer.uploaded
+
+
+def _take(ch: Changes, key: Key, rec: tuple[str, int, int, int, int, int], got: Captured | str, path: str,
+          result: CheckpointResult, packer: Packer, placed: dict[Key, tuple[Captured, NewLoc]]) -> None:
+    """Record what reading one file gave: place its content, or keep its previous entry and say why."""
+    if got == capture.GONE:
+        ch.digest_ok = False
+        return
+    if got == capture.OUT_OF_TIME:
+        _missed(ch, key, result)
+        return
+    if isinstance(got, str):
+        log.info("fractfs: %s kept changing while being read; left for the next checkpoint", path)
+        _busy(ch, key, result)
+        return
+    if got.facts is None or got.facts != rec[1:]:
+        ch.digest_ok = False  # stat moved since the walk (or too fresh to trust): look again next time
+    if got.how != capture.SETTLED:
+        result.unsettled.append(f"{key[0]}:{key[1]}")
+        log.info("fractfs: %s kept changing; stored %s (%d bytes)", path,
+                 "the version two whole reads agreed on" if got.how == capture.IDENTICAL
+                 else "its stable prefix (it only grew between two reads)", got.size)
+    _place(ch, key, got, packer, placed)
 
 
 def _busy(ch: Changes, key: Key, result: CheckpointResult) -> None:
@@ -327,19 +408,10 @@ def _busy(ch: Changes, key: Key, result: CheckpointResult) -> None:
     ch.digest_ok = False
 
 
-def _captured(ch: Changes, key: Key, rec: tuple[str, int, int, int, int, int], got: Captured | str, path: str,
-              result: CheckpointResult) -> Captured | None:
-    """The capture to store, or None when the file is gone or busy (then recorded as such)."""
-    if got == capture.GONE:
-        ch.digest_ok = False
-        return None
-    if isinstance(got, str):
-        log.info("fractfs: %s kept changing while being read; left for the next checkpoint", path)
-        _busy(ch, key, result)
-        return None
-    if got.facts is None or got.facts != rec[1:]:
-        ch.digest_ok = False  # stat moved since the walk (or too fresh to trust): look again next time
-    return got
+def _missed(ch: Changes, key: Key, result: CheckpointResult) -> None:
+    result.missed_deadline.append(f"{key[0]}:{key[1]}")
+    ch.carry(key)
+    ch.digest_ok = False
 
 
 def _place(ch: Changes, key: Key, cap: Captured, packer: Packer,
@@ -359,10 +431,27 @@ def _place(ch: Changes, key: Key, cap: Captured, packer: Packer,
 
 
 def _settle(ch: Changes, placed: dict[Key, tuple[Captured, NewLoc]], result: CheckpointResult) -> None:
-    """After every upload finished: the entries of the files this checkpoint stored."""
+    """After the uploads finished (or the cutoff came): the entries of the files this checkpoint stored.
+
+    A file whose upload did not finish by the cutoff is out of time; one whose pack or object the store
+    refused (:class:`~fractfs.errors.ObjectRejected`: a pack's refusal covers every file in it) is listed in
+    ``rejected``; both keep the base's entry (a new file is left out)."""
     for key, (cap, nloc) in placed.items():
-        if nloc.future is not None and not nloc.future.result():
-            log.info("fractfs: %s:%s changed while being uploaded; left for the next checkpoint", *key)
+        label = f"{key[0]}:{key[1]}"
+        fut = nloc.upload()
+        if fut is None or not fut.done() or fut.cancelled():
+            _missed(ch, key, result)
+            continue
+        exc = fut.exception()
+        if isinstance(exc, ObjectRejected):
+            result.rejected[label] = str(exc)
+            ch.carry(key)
+            ch.digest_ok = False
+            continue
+        if exc is not None:
+            raise exc  # Packer.finish raises these first; kept for safety
+        if nloc.future is not None and not fut.result():
+            log.info("fractfs: %s changed while being uploaded; left for the next checkpoint", label)
             _busy(ch, key, result)
             continue
         entry = Entry(key[0], key[1], FILE, mode=cap.mode, size=cap.size, mtime_ns=cap.mtime_ns, sha256=cap.sha,
@@ -399,7 +488,7 @@ def _cache_out(areas: dict[str, Path], walked: WalkResult, ch: Changes, result: 
     hdr = CacheHeader(snapshot=snapshot_id, snapshot_size=snapshot_size, sqlite=dbs, files=result.files,
                       bytes=result.bytes)
     db_sides = [(a, r, ch.rows[(a, r)].side) for a, r in dbs]
-    if ch.digest_ok and not result.skipped_busy and not result.missed_deadline and all(x[2] for x in db_sides):
+    if ch.digest_ok and not left_out(result) and all(x[2] for x in db_sides):
         hdr.digest = scan.walk_digest(areas, walked, db_sides)
     return hdr, rows
 
@@ -415,12 +504,16 @@ def commit(store: Store, prep: Prepared, fence: Fence = no_fence) -> CheckpointR
         _write_manifest(store, committed, prep.data, fence)
         result.uploaded_bytes += len(prep.data)
         result.snapshot_id = committed.id
-        _trim(store, prep.names + [committed], prep.keep, fence)
+        if prep.deadline is None or prep.deadline - time.monotonic() > TRIM_TIME:
+            _trim(store, prep.names + [committed], prep.keep, fence)  # else the next checkpoint trims
     _save_state(prep)
     result.duration = time.monotonic() - prep.t0
     if result.missed_deadline:
-        log.warning("fractfs: checkpoint ran out of time; %d changed files not stored (newest kept first): %s",
-                    len(result.missed_deadline), ", ".join(result.missed_deadline[:10]))
+        log.warning("fractfs: checkpoint ran out of time; %d changed files not stored (their previous version "
+                    "kept): %s", len(result.missed_deadline), ", ".join(result.missed_deadline[:10]))
+    for label, why in list(result.rejected.items())[:10]:
+        log.warning("fractfs: %s not stored: the store refused it (%s); its previous version is kept and the "
+                    "rest of the checkpoint is committed", label, why)
     if committed is not None:
         log.info("fractfs: checkpoint %s: %d files (%d stored, %d deleted, %d busy), %d bytes uploaded, %.2fs",
                  committed.short, result.files, len(result.stored), len(result.deleted),
@@ -428,6 +521,10 @@ def commit(store: Store, prep: Prepared, fence: Fence = no_fence) -> CheckpointR
     else:
         log.debug("fractfs: checkpoint: no change to commit (%.3fs)", result.duration)
     return result
+
+
+#: Old manifests are trimmed after a deadline-bound commit only when at least this much time is left.
+TRIM_TIME = 1.0
 
 
 def _write_manifest(store: Store, name: SnapName, data: bytes, fence: Fence) -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from typing import Any, Callable, cast
 
-from ..errors import AlreadyExists, StoreError
+from ..errors import AlreadyExists, ObjectRejected, StoreError
 from ..stores.base import BatchStore, Store
 from ..stores.transfer import parallel_map
 
@@ -68,12 +69,26 @@ def store_blob(store: Store, key: str, data: bytes) -> None:
 
 
 class Uploader:
-    """Background uploads with bounded memory; ``wait()`` raises the first failure."""
+    """Background uploads with bounded memory; ``wait()`` raises the first failure that concerns the store.
 
-    def __init__(self, store: Store, transfers: int):
+    A failure that concerns one object (:class:`~fractfs.errors.ObjectRejected`: the store is full, or the
+    object is larger than it takes) stays on that object's future and does not stop the other uploads: the
+    checkpoint leaves the files behind it out and commits the rest.
+
+    ``until`` (a ``time.monotonic()`` value, the cutoff of a bounded checkpoint) stops every wait at that
+    moment; ``large_lanes`` bounds how many streamed objects (``submit(..., large=True)``) run at once, in the
+    order they were submitted, so under a deadline one large file is finished before the next one starts
+    instead of several being half-uploaded when time runs out.
+    """
+
+    def __init__(self, store: Store, transfers: int, *, until: float | None = None,
+                 large_lanes: int | None = None):
         self.store = store
         self.transfers = max(1, transfers)
+        self.until = until
         self.pool = ThreadPoolExecutor(max_workers=self.transfers, thread_name_prefix="fractfs-put")
+        self.large_pool = self.pool if large_lanes is None else ThreadPoolExecutor(
+            max_workers=max(1, large_lanes), thread_name_prefix="fractfs-put-large")
         self.futures: list[Future[Any]] = []
         self.batch: list[tuple[str, bytes]] = []
         self.batch_bytes = 0
@@ -97,7 +112,13 @@ class Uploader:
     def _reserve(self, n: int) -> None:
         with self._cv:
             while self._inflight > 0 and self._inflight + n > MAX_INFLIGHT_BYTES and self.failed is None:
-                self._cv.wait(0.5)
+                if self.until is not None:
+                    left = self.until - time.monotonic()
+                    if left <= 0:
+                        break  # at the cutoff the caller stops queueing anyway; never block past it
+                    self._cv.wait(min(0.5, left))
+                else:
+                    self._cv.wait(0.5)
             self._inflight += n
         if self.started is None:
             self.started = time.monotonic()
@@ -115,6 +136,8 @@ class Uploader:
             out = fn()
             ok = True
             return out
+        except ObjectRejected:
+            raise  # this object only: the others go on (see the class docstring)
         except BaseException as exc:
             self.failed = exc
             raise
@@ -151,21 +174,28 @@ class Uploader:
 
         self.futures.append(self.pool.submit(self._run, put_batch, n))
 
-    def submit(self, fn: Callable[[], Any], nbytes: int) -> Future[Any]:
+    def submit(self, fn: Callable[[], Any], nbytes: int, *, large: bool = False) -> Future[Any]:
         """Run ``fn`` (e.g. a streamed put_file plus its checks) on the pool; its result is the future's."""
         if self.failed is not None:
             raise self.failed
         self._reserve(nbytes)
-        fut = self.pool.submit(self._run, fn, nbytes)
+        fut = (self.large_pool if large else self.pool).submit(self._run, fn, nbytes)
         self.futures.append(fut)
         return fut
 
     def wait(self) -> None:
+        """Wait for every upload (or until ``until``); raise the first failure that is not one object's.
+
+        Futures still running at the cutoff are left as they are: the caller looks at each one."""
         self._flush()
+        timeout = None if self.until is None else max(0.0, self.until - time.monotonic())
+        wait_futures(self.futures, timeout=timeout)
         first: BaseException | None = None
         for fut in self.futures:
+            if not fut.done() or fut.cancelled():
+                continue
             exc = fut.exception()
-            if exc is not None and first is None:
+            if exc is not None and not isinstance(exc, ObjectRejected) and first is None:
                 first = exc
         self.futures = []
         if first is not None:
@@ -173,5 +203,8 @@ class Uploader:
                 raise first
             raise StoreError(f"{getattr(self.store, 'url', 'store')}: upload failed: {first}") from first
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the pools. ``wait=False`` (after a cutoff): drop what has not started and do not wait for
+        uploads still running; their store is aborted by the caller, so they stop at their next request."""
+        for pool in {self.pool, self.large_pool}:
+            pool.shutdown(wait=wait, cancel_futures=not wait)
