@@ -232,19 +232,24 @@ def install_in_child(rate: float, seed: int, kinds: Sequence[str] = DEFAULT_KIND
 
 
 class SlowStore:
-    """Every call to ``inner`` takes ``latency`` seconds more (a store far away: the Databricks Files API
+    """Every call to ``inner`` takes ``latency`` (+- ``jitter``) seconds more (a store far away: the Databricks Files API
     answers in 0.1-0.5 s per request). Keeps the inner store's ``put_many``/``get_many`` out, so every object
     pays the latency."""
 
-    def __init__(self, inner: Any, latency: float) -> None:
+    def __init__(self, inner: Any, latency: float, *, jitter: float = 0.0, seed: int = 0) -> None:
         self.inner = inner
         self.url = f"slow+{inner.url}"
         self.latency = latency
+        self.jitter = jitter  # each call takes latency +- jitter (uniform): real latency varies
         self.calls: Counter[str] = Counter()
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
 
     def _wait(self, op: str) -> None:
-        self.calls[op] += 1
-        time.sleep(self.latency)
+        with self._lock:
+            self.calls[op] += 1
+            extra = self._rng.uniform(-self.jitter, self.jitter) if self.jitter else 0.0
+        time.sleep(max(0.0, self.latency + extra))
 
     def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
         self._wait("put")

@@ -207,7 +207,7 @@ if pid == 0:
     put("child.txt", "c")
     stored = fractfs.sync_now()
     st = fractfs.status()
-    out(child_stored=stored, child_role=st["process_role"], child_writer=st["writer"])
+    out(child_stored=stored, child_role=st.get("process_role"), child_writer=st["writer"])
     sys.exit(0)  # the exit hooks run: they must not checkpoint nor release the parent's lease
 _, code = os.waitpid(pid, 0)
 after_keys = sorted(k for k, _ in store.list("locks/"))
@@ -243,25 +243,28 @@ def test_init_then_fork_the_child_is_never_the_writer(tmp_path: Path) -> None:
 
 # -- point 5: a slow store and the lease --------------------------------------------------------------------
 def test_slow_store_does_not_lose_the_lease_of_the_only_node(tmp_path: Path) -> None:
-    # Scaled from the Files API (0.1-0.5 s a request, lease_timeout 30): a renewal (list, get, put) takes
-    # longer than a heartbeat period, so by the old schedule the lease's validity lapsed before every beat.
-    store = SlowStore(PosixStore(tmp_path / "ckpt"), 0.2)
+    # Scaled from the Files API (0.1-0.5 s a request, lease_timeout 30): a renewal (list, get, put: 0.3-0.54 s
+    # here) takes longer than a heartbeat period (0.275 s) but less than the lease's validity (0.55 s from the
+    # start of a renewal). With beats spaced from the end of the previous one, the validity lapsed for a while
+    # before every beat, and a commit whose fence fell in that gap failed with LeaseLost although no other node
+    # exists (11 of 20 checkpoints before the fix).
+    store = SlowStore(PosixStore(tmp_path / "ckpt"), 0.14, jitter=0.04, seed=11)
     src = tmp_path / "app"
     src.mkdir()
-    lease = Lease(store, "only-node", 1.6)
+    lease = Lease(store, "only-node", 1.1)
     keeper = LeaseKeeper(lease, where="slow store")
     cp = Checkpointer(store, areas=lambda: {"root": src}, want=lambda: (lambda _a, _r, _d: True),
                       state_dir=tmp_path / "state", options=Options(node_id="only-node"), keeper=keeper)
     assert keeper.tick()
     keeper.start()
     try:
-        for i in range(10):
+        for i in range(12):
             (src / "counter").write_text(str(i))
             assert cp.checkpoint(None, eager=False) == ["counter"], cp.stats.last_error
     finally:
         keeper.stop()
-    assert cp.stats.consecutive_failures == 0 and cp.stats.syncs == 10
-    assert len(snapshot.list_snapshots(PosixStore(tmp_path / "ckpt"))) == 10
+    assert cp.stats.consecutive_failures == 0 and cp.stats.syncs == 12
+    assert snapshot.list_snapshots(PosixStore(tmp_path / "ckpt"))[-1].id == cp.stats.last_snapshot_id
 
 
 # -- point 8: scratch and symlinks ---------------------------------------------------------------------------

@@ -457,9 +457,11 @@ class LeaseKeeper:
         # Beats are spaced from the *start* of the previous one: on a slow store a renewal can take a good
         # part of the period, and waiting a full period after it ended would leave the lease invalid (its
         # validity counts from the start of a renewal) for a while before every beat.
+        # A short pause is kept even then, so callers of Lease.valid() (which waits for a renewal in progress)
+        # are not starved by back-to-back renewals.
         period = self.lease.beat_period
         started = time.monotonic()
-        while not stop.wait(max(0.0, started + period - time.monotonic())):
+        while not stop.wait(max(period / 8.0, started + period - time.monotonic())):
             started = time.monotonic()
             self.tick()
 
