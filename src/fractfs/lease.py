@@ -449,6 +449,14 @@ class LeaseKeeper:
         self._thread = threading.Thread(target=self._loop, args=(self._stop,), name="fractfs-lease", daemon=True)
         self._thread.start()
 
+    def forget(self) -> None:
+        """In a forked child: the heartbeat thread does not exist here; don't touch the parent's objects (a
+        lock inside them may have been held by another thread at fork time)."""
+        self._stop = threading.Event()
+        self._stop.set()
+        self._thread = None
+        self.lease.forget()
+
     def stop(self) -> None:
         """Stop beating (does not wait: the thread is a daemon and at most one tick away from noticing)."""
         self._stop.set()

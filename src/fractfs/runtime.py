@@ -304,10 +304,10 @@ class Runtime:
         self.role = FORKED
         if self.nodelock is not None:
             self.nodelock.forget()
-        if self.lease is not None:
-            self.lease.forget()
         if self.keeper is not None:
-            self.keeper.stop()
+            self.keeper.forget()
+        elif self.lease is not None:
+            self.lease.forget()
         self.daemon = None
         self.watcher = None
         self._stop_lock = threading.Lock()
