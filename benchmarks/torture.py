@@ -330,8 +330,8 @@ def child_main(argv: list[str]) -> None:
     real_open = stores.open_store
     switches: list[_KillSwitch] = []
 
-    def open_store(location: str, *, backend: Optional[str] = None) -> Any:
-        inner = real_open(location, backend=backend)
+    def open_store(location: str, **options: Any) -> Any:
+        inner = real_open(location, **options)
         if a.in_place:
             # a FUSE mount without rename or hard links: everything is written under its final name
             inner._rename_ok = False  # type: ignore[attr-defined]

@@ -222,8 +222,8 @@ def install_in_child(rate: float, seed: int, kinds: Sequence[str] = DEFAULT_KIND
     made: list[Any] = []
     real = stores.open_store
 
-    def open_faulty(location: str, *, backend: str | None = None) -> Any:
-        fs = FaultyStore(real(location, backend=backend), rate=rate, seed=seed + len(made), kinds=kinds, **kw)
+    def open_faulty(location: str, **options: Any) -> Any:
+        fs = FaultyStore(real(location, **options), rate=rate, seed=seed + len(made), kinds=kinds, **kw)
         made.append(fs)
         return fs
 

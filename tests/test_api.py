@@ -305,5 +305,6 @@ def test_unmounted_volume_is_refused(tmp_path: Path) -> None:
     """A missing Volume directory must not silently become local disk (no restore from 'empty', no writes)."""
     node = Node(tmp_path, tmp_path / "not-mounted")
     proc = node.run("fractfs.init()", check=False)
-    assert proc.returncode != 0 and "ProvisionError" in proc.stderr and "not-mounted" in proc.stderr
+    # VolumeNotMounted is a ProvisionError (what init() raised for it before the type existed)
+    assert proc.returncode != 0 and "VolumeNotMounted" in proc.stderr and "not-mounted" in proc.stderr
     assert not (tmp_path / "not-mounted").exists()

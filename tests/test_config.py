@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -254,3 +255,120 @@ def test_config_is_frozen(app: Path) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.sync_interval = 1  # type: ignore[misc]
     assert os.fspath(cfg.root) == str(app)
+
+
+# -- the S3 fast-path switch: a setting like the others, read nowhere else --------------------------------
+@pytest.mark.parametrize("prefix", ["fractfs_", "FRACTFS_"])
+def test_s3_fast_path_from_env_and_toml(app: Path, prefix: str) -> None:
+    cfg = load_config(app, env={})
+    assert cfg.s3_fast_path is True and cfg.warnings == ()
+    cfg = load_config(app, env={prefix + "S3_FAST_PATH": "off"})
+    assert cfg.s3_fast_path is False and cfg.sources["s3_fast_path"] == f"env {prefix}S3_FAST_PATH"
+    assert cfg.warnings == ()  # a known variable: no "not a fractfs setting" warning
+    write(app, "s3_fast_path = false\n")
+    assert load_config(app, env={}).s3_fast_path is False
+    assert load_config(app, env={prefix + "S3_FAST_PATH": "1"}).s3_fast_path is True  # the environment wins
+
+
+@pytest.mark.parametrize(
+    "env,source,pattern",
+    [
+        ({"FRACTFS_S3_FAST_PATH": "maybe"}, None,
+         r"environment variable FRACTFS_S3_FAST_PATH = 'maybe': expected true or false"),
+        ({"fractfs_S3_FAST_PATH": ""}, None, r"environment variable fractfs_S3_FAST_PATH = '': expected true"),
+        ({"fractfs_S3_FAST_PATH": "0", "FRACTFS_S3_FAST_PATH": "1"}, None, r"disagree"),
+        ({}, 's3_fast_path = "fast"\n', r"\.fractfs\.toml: s3_fast_path = 'fast': expected true or false"),
+    ],
+)
+def test_s3_fast_path_bad_values_name_the_variable(app: Path, env: dict[str, str], source: str | None,
+                                                   pattern: str) -> None:
+    if source is not None:
+        write(app, source)
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(app, env=env)
+
+
+def _botocore_puts(store: object) -> list[str]:
+    """Record the PutObject requests that go through botocore (the slow path) from now on."""
+    seen: list[str] = []
+    client = store.fs.s3  # type: ignore[attr-defined]  # s3fs's botocore client, created by the first call
+    client.meta.events.register("before-send.s3.PutObject", lambda request, **_: seen.append(request.url))
+    return seen
+
+
+@pytest.mark.parametrize("value,via_botocore", [("1", 0), ("0", 1)])
+def test_s3_fast_path_setting_reaches_the_store(app: Path, s3_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                value: str, via_botocore: int) -> None:
+    from fractfs.stores import open_store
+
+    cfg = load_config(app, env={"fractfs_VOLUME_ROOT": s3_url, "FRACTFS_S3_FAST_PATH": value})
+    # the store no longer reads the variable itself: the opposite value in the process environment is ignored
+    monkeypatch.setenv("FRACTFS_S3_FAST_PATH", "0" if value == "1" else "1")
+    store = open_store(cfg.checkpoint_location or "", backend=cfg.backend, fast_path=cfg.s3_fast_path)
+    store.put("first", b"1")
+    seen = _botocore_puts(store)
+    store.put("second", b"2")
+    assert len(seen) == via_botocore and store.get("second") == b"2"
+
+
+# -- what provisioning trusts the config to have refused (provision/ no longer checks these itself) -------
+def _symlink_on_the_way(app: Path, tmp: Path) -> None:
+    (tmp / "elsewhere").mkdir()
+    os.symlink(tmp / "elsewhere", app / "link")
+
+
+TRUSTED = [
+    # (id, [dirs] paths, env given (app, tmp), setup, message)
+    ("scratch-inside-local-dirs", ["data"],
+     lambda a, t: {"fractfs_VOLUME_ROOT": str(t / "vol"), "fractfs_SCRATCH": str(a / "data" / "s")}, None,
+     r"fractfs_SCRATCH = .* is inside the \[dirs\] directory 'data'"),
+    ("scratch-inside-volume-dirs", ["data"],
+     lambda a, t: {"fractfs_VOLUME_ROOT": str(t / "vol"), "fractfs_SCRATCH": str(t / "vol" / "data" / "s")},
+     None, r"fractfs_SCRATCH = .* is inside the Volume"),
+    ("volume-inside-app-root", ["data"], lambda a, t: {"fractfs_VOLUME_ROOT": str(a / "vol")}, None,
+     r"fractfs_VOLUME_ROOT = .* is inside the app root"),
+    ("dirs-root-inside-app-root", ["data"],
+     lambda a, t: {"fractfs_VOLUME_ROOT": "s3://b/app", "fractfs_DIRS_ROOT": str(a / "mnt")}, None,
+     r"fractfs_DIRS_ROOT = .* is inside the app root"),
+    ("app-root-inside-its-own-volume-dir", ["app"],
+     lambda a, t: {"fractfs_VOLUME_ROOT": "s3://b/app", "fractfs_DIRS_ROOT": str(a.parent)}, None,
+     r"fractfs_DIRS_ROOT = .* puts the \[dirs\] directory 'app' at .*, which contains its own link"),
+    ("dirs-on-the-checkpoint-area", ["_checkpoint"], lambda a, t: {"fractfs_VOLUME_ROOT": str(t / "vol")},
+     None, r"collides with the checkpoint area"),
+    ("dirs-through-a-symlink", ["link/x"], lambda a, t: {"fractfs_VOLUME_ROOT": str(t / "vol")},
+     _symlink_on_the_way, r"goes through .*link, which is a symlink"),
+    ("dirs-without-posix-volume", ["data"], lambda a, t: {"fractfs_VOLUME_ROOT": "s3://b/app"}, None,
+     r"\[dirs\]\.paths needs a POSIX path for the Volume.*dirs_root"),
+]
+
+
+@pytest.mark.parametrize("case", TRUSTED, ids=[c[0] for c in TRUSTED])
+def test_layouts_provisioning_trusts_the_config_to_refuse(tmp_path: Path, case: tuple[Any, ...]) -> None:
+    """provision() once re-checked each of these itself; now load_config is the one place that refuses them
+    (and provisioning never sees such a Config)."""
+    _id, dirs, env, setup, pattern = case
+    app = tmp_path / "apps" / "app"
+    app.mkdir(parents=True)
+    write(app, "[dirs]\npaths = [" + ", ".join(f'"{d}"' for d in dirs) + "]\n")
+    if setup is not None:
+        setup(app, tmp_path)
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(app, env=env(app, tmp_path))
+
+
+def test_app_root_on_the_dirs_mount_is_accepted_when_nothing_overlaps(tmp_path: Path) -> None:
+    # the overlap refusal above is exact: an app root elsewhere on the same mount keeps working as before
+    app = tmp_path / "mnt" / "app"
+    app.mkdir(parents=True)
+    write(app, '[dirs]\npaths = ["data"]\n')
+    cfg = load_config(app, env={"fractfs_VOLUME_ROOT": "s3://b/app", "fractfs_DIRS_ROOT": str(tmp_path / "mnt")})
+    assert cfg.dirs == ("data",) and cfg.dirs_root == tmp_path / "mnt"
+
+
+def test_a_provisioned_dirs_link_is_not_an_overlap(app: Path, tmp_path: Path) -> None:
+    # after init() root/data is the link to VOL/data: following it must not read as "root inside the Volume"
+    vol = tmp_path / "vol"
+    (vol / "data").mkdir(parents=True)
+    os.symlink(vol / "data", app / "data")
+    write(app, '[dirs]\npaths = ["data"]\n')
+    assert load_config(app, env={"fractfs_VOLUME_ROOT": str(vol)}).dirs == ("data",)

@@ -16,7 +16,7 @@ from fractfs import snapshot
 from fractfs.errors import StoreError
 from fractfs.lease import MAX_CLOCK_SKEW, Lease, LeaseLost, lease_key
 from fractfs.runtime import CheckpointAborted
-from fractfs.snapshot import engine
+from fractfs.snapshot import catalog, engine
 from fractfs.snapshot.statcache import StateLock
 from fractfs.stores.wrappers import abortable
 from fractfs.stores import open_store
@@ -670,7 +670,9 @@ def test_commit_is_fenced_by_the_lease_and_an_aborted_store_refuses_everything(t
         prep = engine.prepare(g, {"root": src}, None, sdir)
         res = engine.commit(g, prep, fence)
     assert res.snapshot_id is not None and prep.name is not None and res.snapshot_id == prep.name.id
-    assert [k for k, _ in store.list("snapshots/") if k.endswith(".json.gz")] == [prep.name.key]
+    # the manifest, then the head pointer naming it (docs/format.md, "The head")
+    assert sorted(k for k, _ in store.list("snapshots/")) == sorted([prep.name.key, catalog.HEAD_KEY])
+    assert catalog.read_head(store) == prep.name
     g.put("packs/ab/x", b"x")
     g.abort()
     for call in (lambda: g.get("packs/ab/x"), lambda: list(g.list("")), lambda: g.put("packs/ab/y", b"y"),

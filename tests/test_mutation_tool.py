@@ -18,7 +18,7 @@ def test_mutation_tool_finds_mutants_and_works() -> None:
     assert listed.returncode == 0, listed.stderr
     counts = {line.split()[0]: int(line.split()[2]) for line in listed.stdout.splitlines() if line.strip()}
     assert set(counts) == {"format", "catalog", "capture", "diff", "engine", "restorer", "lease",
-                           "tiers"}, listed.stdout
+                           "tiers", "patterns"}, listed.stdout
     assert all(n > 0 for n in counts.values()), counts
     check = subprocess.run([sys.executable, str(tool), "--self-check"], capture_output=True, text=True,
                            timeout=300, stdin=subprocess.DEVNULL, check=False)

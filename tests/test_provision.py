@@ -345,6 +345,8 @@ from pathlib import Path
 from fractfs.config import Config
 from fractfs.tiers import TierResolver
 import fractfs.provision as P
+import fractfs.provision.layout as layout
+import fractfs.provision.migrate as migrate
 
 args = json.loads({args!r})
 cfg = Config(root=Path(args["root"]), config_file=None, backend="volumes", volume_root=args["vol"],
@@ -356,19 +358,19 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 if args["no_rename"]:
-    real_probe = P.probe_volume
-    P.probe_volume = lambda *a, **k: dataclasses.replace(real_probe(*a, **k), rename=False)
+    real_probe = layout.probe_volume
+    layout.probe_volume = lambda *a, **k: dataclasses.replace(real_probe(*a, **k), rename=False)
 
 if args["crash"] == "between_files":
-    real_move = P._Mover.move
+    real_move = migrate.Mover.move
     def move(self, src, dst, **kw):
         if calls["n"] == args["after"]:
             die()
         calls["n"] += 1
         return real_move(self, src, dst, **kw)
-    P._Mover.move = move
+    migrate.Mover.move = move
 elif args["crash"] == "mid_copy":
-    real_copy = P._copy_bytes
+    real_copy = migrate.copy_bytes
     def copy(src, dst, size):
         if calls["n"] == args["after"]:
             with open(src, "rb") as fin, open(dst, "wb") as fout:   # half a file, then the lights go out
@@ -378,16 +380,16 @@ elif args["crash"] == "mid_copy":
             die()
         calls["n"] += 1
         return real_copy(src, dst, size)
-    P._copy_bytes = copy
+    migrate.copy_bytes = copy
 elif args["crash"] == "before_remove":
-    real_unlink = P._unlink_synced
+    real_unlink = migrate.unlink_synced
     def unlink(path):
         if str(path).startswith(args["root"]):   # a migrated source, verified on the other side
             if calls["n"] == args["after"]:
                 die()
             calls["n"] += 1
         return real_unlink(path)
-    P._unlink_synced = unlink
+    migrate.unlink_synced = unlink
 
 P.provision(cfg, TierResolver(cfg), force=True)
 print("completed")
@@ -634,11 +636,11 @@ def test_migration_conflict_next_to_a_file_pin_is_kept_on_the_volume(
 
 def test_volume_without_rename(tmpfs_volume: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Symlinks but no rename (some FUSE mounts): links are placed directly, copies go to their final name."""
-    import fractfs.provision as prov
+    import fractfs.provision.layout as layout
 
-    real_probe = prov.probe_volume
+    real_probe = layout.probe_volume
     monkeypatch.setattr(
-        prov, "probe_volume", lambda *a, **k: dataclasses.replace(real_probe(*a, **k), rename=False)
+        layout, "probe_volume", lambda *a, **k: dataclasses.replace(real_probe(*a, **k), rename=False)
     )
     cfg = make_config(tmp_path, tmpfs_volume, dirs=("data/blobs",), local=("manifest.json",))
     expected = populate(cfg.root / "data/blobs", count=4)
@@ -729,6 +731,32 @@ def test_plan_pins_kinds(tmp_path: Path) -> None:
     assert json.loads(json.dumps(plan.as_dict()))["pins"]
 
 
+def test_pins_read_each_line_as_the_resolver_does(symlink_volume: Path, tmp_path: Path) -> None:
+    """Lines the pin planner once parsed with its own whitespace and escape rules: an escaped space, an
+    escaped trailing space, an escaped '#', a trailing tab (git keeps tabs) and a comment. Each pin must be a
+    path the resolver puts in the same tier, and every literal name must be pinned, not warned about."""
+    lines = ("sp\\ ace", "trail\\ ", "\\#hash", "tab\t", "# not a rule", "plain  ")
+    cfg = make_config(tmp_path, symlink_volume, dirs=("data/blobs",), local=lines)
+    resolver = TierResolver(cfg)
+    plan = plan_pins(cfg, resolver)
+    assert plan.warnings == []  # none of them is a glob
+    got = {p.relpath: p.pattern for p in plan.pins}
+    assert got == {
+        "data/blobs/sp ace": "sp\\ ace",
+        "data/blobs/trail ": "trail\\ ",
+        "data/blobs/#hash": "\\#hash",
+        "data/blobs/tab\t": "tab\t",
+        "data/blobs/plain": "plain  ",
+    }
+    assert all(resolver.resolve(p.relpath) is p.tier is Tier.LOCAL for p in plan.pins)
+    # and the pins are real: a write through the [dirs] link lands in node-local scratch
+    report = run(cfg)
+    assert sorted(report.pins) == sorted(got)
+    for rel in got:
+        (cfg.root / rel).write_text(rel)
+        assert (cfg.scratch / rel).read_text() == rel and (symlink_volume / rel).is_symlink()
+
+
 def test_plan_pins_ignore_wins_over_local(tmp_path: Path) -> None:
     plan = _plan(tmp_path, local=("state.db",), ignore=("state.db",), dirs=("data/blobs",))
     assert [(p.label, p.tier) for p in plan.pins] == [("data/blobs/state.db", Tier.IGNORE)]
@@ -754,22 +782,6 @@ def test_dirs_entry_matching_ignore_is_not_linked(plain_volume: Path, tmp_path: 
     assert report.linked == ["exports"]
     assert not (cfg.root / "data").exists()
     assert any("'data/blobs'" in w and "precedence" in w for w in report.warnings)
-
-
-def test_scratch_inside_dirs_is_refused(plain_volume: Path, tmp_path: Path) -> None:
-    cfg = make_config(
-        tmp_path, plain_volume, dirs=("data/blobs",), scratch=tmp_path / "app" / "data" / "blobs" / "scratch"
-    )
-    with pytest.raises(ProvisionError, match="fractfs_SCRATCH"):
-        run(cfg)
-
-
-def test_no_dirs_root_is_refused(tmp_path: Path) -> None:
-    cfg = dataclasses.replace(
-        make_config(tmp_path, tmp_path / "vol"), backend="s3", volume_root="s3://bucket/app", dirs_root=None
-    )
-    with pytest.raises(ProvisionError, match="POSIX"):
-        run(cfg)
 
 
 def test_nothing_to_do_without_dirs(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from fractfs.config import Config, load_config
 from fractfs.errors import ConfigError
-from fractfs.tiers import Tier, TierResolver, unusable_pattern
+from fractfs.patterns import unusable_pattern
+from fractfs.tiers import Tier, TierResolver
 
 EXAMPLES = int(os.environ.get("FRACTFS_HYPOTHESIS_EXAMPLES", "200"))
 

@@ -112,6 +112,9 @@ MODULES: dict[str, Target] = {
     "tiers": Target("src/fractfs/tiers.py",
                     ["tests/test_tiers.py", "tests/test_reliability_gitignore.py"],
                     skip=NUMBERS, env={"FRACTFS_HYPOTHESIS_EXAMPLES": "60"}),
+    "patterns": Target("src/fractfs/patterns.py",
+                       ["tests/test_patterns.py", "tests/test_tiers.py", "tests/test_reliability_gitignore.py"],
+                       skip=NUMBERS, env={"FRACTFS_HYPOTHESIS_EXAMPLES": "60"}),
 }
 
 

@@ -22,9 +22,10 @@ from .errors import (
     StoreError,
     StoreNotFound,
 )
+from .redact import RedactingFilter
 from .tiers import Tier, TierResolver
 
-__version__ = "0.3.0.dev0"
+from ._version import __version__ as __version__
 __all__ = [
     "init", "sync_now", "status", "shutdown", "resolve", "Tier", "Config", "load_config",
     "FractfsError", "ConfigError", "ClobberError", "ProvisionError", "StoreError", "StoreNotFound",
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 logging.getLogger("fractfs").addHandler(logging.NullHandler())
+# nothing fractfs logs carries URL credentials, whatever handler the app attaches
+logging.getLogger("fractfs").addFilter(RedactingFilter())
 
 _PathLike = Union[str, "os.PathLike[str]"]
 _lock = threading.RLock()
@@ -100,7 +103,8 @@ def shutdown(final_sync: bool = True) -> None:
 
 def resolve(path: _PathLike) -> Tier:
     """The tier of ``path`` (relative to the app root, or absolute inside it)."""
-    from .runtime import load, relpath_for
+    from .config import relpath_for
+    from .runtime import load
 
     with _lock:
         rt = _runtime

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from .errors import ConfigError
-from .tiers import unusable_pattern
+from .errors import ConfigError, FractfsError
+from .patterns import unusable_pattern
+from .redact import redact
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,6 +56,9 @@ class Config:
     sync_mode: str = "watch"
     grace: float = 8.0
     lease_timeout: float = 30.0              #: seconds without a heartbeat before another node takes over
+    #: S3 PUT/GET through fractfs' lean signed-request client (stores/_s3fast.py) rather than botocore; off
+    #: sends everything through s3fs (for an endpoint the lean client cannot talk to)
+    s3_fast_path: bool = True
     dirs: tuple[str, ...] = ()               #: normalized relative POSIX paths, e.g. "data/blobs"
     local_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
@@ -139,10 +143,11 @@ _SCALARS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "sync_mode": ("str", ("SYNC_MODE",), ()),
     "grace": ("seconds", ("GRACE",), ()),
     "lease_timeout": ("seconds", ("LEASE_TIMEOUT",), ()),
+    "s3_fast_path": ("bool", ("S3_FAST_PATH",), ()),
 }
 _TABLES = {"dirs": "paths", "local": "patterns", "ignore": "patterns"}
-#: variables read elsewhere (root discovery, the S3 fast path switch in stores/fsspec.py)
-_ENV_ONLY = {"ROOT", "S3_FAST_PATH"}
+#: variables that are not settings of their own (the root is where the settings are read from)
+_ENV_ONLY = {"ROOT"}
 
 
 def find_root(start: Optional[Path] = None) -> Path:
@@ -273,12 +278,13 @@ def _check_relpath(value: str, where: str) -> str:
     return norm
 
 
-def _inside(child: Path, parent: Path) -> bool:
+def is_within(child: Path, parent: Path) -> bool:
+    """``child`` is ``parent`` or below it, compared by path components (``/a/bc`` is not inside ``/a/b``)."""
     return child == parent or parent in child.parents
 
 
-def _real(path: Path) -> Path:
-    # resolve() follows symlinks that exist and leaves the rest lexical; good enough to compare locations
+def real_path(path: Path) -> Path:
+    """``path`` with the symlinks that exist followed, the rest kept lexical: to compare locations."""
     try:
         return path.resolve()
     except (OSError, RuntimeError):
@@ -286,7 +292,13 @@ def _real(path: Path) -> Path:
 
 
 def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, str]] = None) -> Config:
-    """Read and validate the configuration. Raises ConfigError naming the file/variable and key."""
+    """Read and validate the configuration. Raises ConfigError naming the file/variable and key.
+
+    Length (~300 lines): one straight pass, setting by setting, because most checks depend on values settled
+    just before them (the backend on the Volume URL, dirs_root on the backend, every nesting rule on all the
+    paths), and the order of the checks is the order in which a user meets the errors. Split into helpers it
+    would pass a dozen half-validated values around; the sections are marked ``# --``.
+    """
     env = os.environ if env is None else env
     sources: dict[str, str] = {}
     warnings: list[str] = []
@@ -362,6 +374,13 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
     assert volume_root is None or isinstance(volume_root, str)
     if volume_root is not None and not volume_root.strip():
         volume_root = None  # an empty variable means "not configured": passthrough
+    if volume_root is not None and redact(volume_root) != volume_root:
+        # s3fs would not even read them (it takes "KEY:SECRET@bucket" for a bucket name and botocore quotes it
+        # back in its errors); secrets in a URL end up in logs, status and process listings
+        raise ConfigError(
+            f"{where('volume_root')} = {redact(volume_root)!r} carries credentials in the URL; fractfs does not "
+            "take secrets from URLs. Remove them and use the store's own settings: AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY or AWS_PROFILE for S3, DATABRICKS_TOKEN or a profile for Databricks")
     raw_backend = values.get("backend")
     backend: str
     if raw_backend is None or (isinstance(raw_backend, str) and not raw_backend.strip()):
@@ -523,28 +542,44 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
         )
 
     # -- locations must not nest in ways that loop data back on itself
-    root_real = _real(root_path)
+    root_real = real_path(root_path)
     if volume_root is not None and backend in ("volumes", "local"):
-        vol_real = _real(Path(volume_root))
-        if _inside(vol_real, root_real):
+        vol_real = real_path(Path(volume_root))
+        if is_within(vol_real, root_real):
             raise ConfigError(f"{where('volume_root')} = {volume_root!r} is inside the app root {root_path}; "
                               "the Volume must be outside the tree it stores")
-        if _inside(root_real, vol_real):
+        if is_within(root_real, vol_real):
             raise ConfigError(f"{where('volume_root')} = {volume_root!r} contains the app root {root_path}; "
                               "the app root must be node-local, outside the Volume")
-        if _inside(_real(scratch), vol_real):
+        if is_within(real_path(scratch), vol_real):
             raise ConfigError(f"{where('scratch')} = {str(scratch)!r} is inside the Volume {volume_root}; "
                               "scratch must be node-local")
-    if dirs_root is not None and _inside(_real(dirs_root), root_real):
+        # the checkpoint area may already exist as a symlink (planted by another writer of the Volume, or
+        # left from an old layout): following it outside the Volume would checkpoint to wherever it points -
+        # into the app root, every checkpoint would store itself again. (The Volume itself cannot contain the
+        # app root or scratch: refused above.)
+        area_real = real_path(Path(volume_root) / sub_norm)
+        if not is_within(area_real, vol_real) or area_real == vol_real:
+            raise ConfigError(f"{where('checkpoint_subdir')} = {sub_norm!r}: {Path(volume_root) / sub_norm} leads "
+                              f"to {area_real}, outside the Volume {volume_root} (a symbolic link); remove the "
+                              "link or choose another checkpoint_subdir")
+    if dirs_root is not None and is_within(real_path(dirs_root), root_real):
         raise ConfigError(f"{where('dirs_root')} = {str(dirs_root)!r} is inside the app root {root_path}")
-    if dirs_root is not None and _inside(_real(scratch), _real(dirs_root)):
+    if dirs_root is not None and is_within(real_path(scratch), real_path(dirs_root)):
         raise ConfigError(f"{where('scratch')} = {str(scratch)!r} is inside the Volume {dirs_root}; "
                           "scratch must be node-local")
     for d in dirs:
-        if _inside(scratch, root_path / d) or _inside(_real(scratch), _real(root_path / d)):
+        # the link root/<d> inside its own target would loop every write. Not root/<d> resolved: once
+        # provisioned it is that link, and resolves to its target by design.
+        if dirs_root is not None and (is_within(root_path / d, dirs_root / d)
+                                      or is_within(root_real / d, real_path(dirs_root) / d)):
+            raise ConfigError(f"{where('dirs_root')} = {str(dirs_root)!r} puts the [dirs] directory {d!r} at "
+                              f"{dirs_root / d}, which contains its own link {root_path / d}; the app root must "
+                              "be node-local, outside the Volume")
+        if is_within(scratch, root_path / d) or is_within(real_path(scratch), real_path(root_path / d)):
             raise ConfigError(f"{where('scratch')} = {str(scratch)!r} is inside the [dirs] directory {d!r}, "
                               "which lives on the Volume; scratch must be node-local")
-    if _inside(root_real, _real(scratch)):
+    if is_within(root_real, real_path(scratch)):
         raise ConfigError(f"{where('scratch')} = {str(scratch)!r} contains the app root {root_path}; "
                           "use a dedicated directory")
 
@@ -567,9 +602,36 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
         sync_mode=sync_mode,
         grace=grace,
         lease_timeout=lease_timeout,
+        s3_fast_path=bool(values.get("s3_fast_path", True)),
         dirs=tuple(dirs),
         local_patterns=string_list("local"),
         ignore_patterns=string_list("ignore"),
         warnings=tuple(warnings),
         sources=sources,
     )
+
+
+def relpath_for(config: Config, path: "str | os.PathLike[str]") -> str:
+    """App-relative POSIX path for ``path`` (absolute under the root or scratch, or relative to the root)."""
+    p = Path(os.fspath(path))
+    if not p.is_absolute():
+        rel = os.path.normpath(p.as_posix())
+        if rel == ".":
+            return ""
+        if rel == ".." or rel.startswith("../"):
+            raise FractfsError(f"{path}: outside the app root {config.root}")
+        return Path(rel).as_posix()
+    absp = Path(os.path.abspath(p))
+    for base in (config.root, config.scratch):
+        if absp == base:
+            return ""
+        if base in absp.parents:
+            return absp.relative_to(base).as_posix()
+    if config.dirs_root is not None:
+        for d in config.dirs:
+            try:
+                rest = absp.relative_to(config.dirs_root / d)
+            except ValueError:
+                continue
+            return (Path(d) / rest).as_posix()
+    raise FractfsError(f"{path}: outside the app root {config.root}")

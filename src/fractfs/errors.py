@@ -1,9 +1,20 @@
 """Exception hierarchy. Every message names the file/key/path at fault and what to do."""
 from __future__ import annotations
 
+from typing import Any
+
+from .redact import redact
+
 
 class FractfsError(Exception):
-    """Base class for every error fractfs raises on purpose."""
+    """Base class for every error fractfs raises on purpose.
+
+    Its text never carries URL credentials: messages often quote a store URL or wrap a botocore/aiohttp error
+    that names the endpoint, so the one constructor every fractfs error goes through redacts them.
+    """
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(FractfsError, ValueError):
@@ -41,13 +52,6 @@ class RestoreError(FractfsError):
     """A restore could not complete (disk full, permission denied, ...); nothing half-written is left."""
 
 
-class VolumeNotMounted(StoreError):
-    """The Volume the checkpoint area lives on is not there (unmounted, renamed, an empty mountpoint).
-
-    Nothing is written while it is missing: writing would put "durable" data on the node's ephemeral disk.
-    """
-
-
 class VolumeChanged(StoreError):
     """A different Volume is mounted where this process's Volume was (its identity marker differs)."""
 
@@ -82,3 +86,22 @@ class LeaseLost(FractfsError):
 
 class LeaseHeld(FractfsError):
     """Another node holds the checkpoint lease, so this one may not write checkpoints (or prune) now."""
+
+
+class SnapshotNotFound(CorruptCheckpointError, LookupError):
+    """A snapshot id (full id, sequence number, hash prefix or short form) matches no snapshot, or several.
+
+    Not damage: it subclasses CorruptCheckpointError only because ``restore(snapshot_id=...)`` and
+    ``verify`` raised that type for an unknown id before this class existed, and callers' except clauses
+    must keep catching it.
+    """
+
+
+class VolumeNotMounted(ProvisionError, StoreError):
+    """The Volume is not there: not mounted, renamed, an empty mountpoint, or a wrong path.
+
+    Raised before anything reads or writes it, because an unmounted Volume looks like an empty directory:
+    a restore would find nothing and checkpoints would land on node-local disk while claiming durability.
+    A ProvisionError (what ``init()`` raised for it) and a StoreError (what the ``fractfs`` command raised),
+    so existing except clauses of either kind still catch it.
+    """

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 from . import provision as _provision
 from .checkpointer import Checkpointer, CheckpointStats, options_for, status_fields
 from .config import Config, load_config
+from .config import relpath_for as relpath_for  # re-exported: it lived here before
 from .daemon import SyncDaemon
 from .errors import CheckpointAborted as CheckpointAborted  # re-exported: older callers import it from here
 from .errors import FractfsError, ProvisionError, StoreError, VolumeChanged, VolumeNotMounted
@@ -34,6 +35,9 @@ from .health import VOLUME_CHANGED, VOLUME_MISSING, assess
 from .lease import Lease, LeaseKeeper
 from .localfile import write_replace
 from .nodelock import NodeLock, holder_pid
+from .ownership import ensure_private_dir
+from .redact import redact_value
+from .report import STATUS_FILE, iso_utc
 from .selection import Selection, areas_for, detect_bundle, load_bundle, save_bundle
 from .tiers import Tier, TierResolver
 
@@ -43,7 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fractfs")
 
 _SignalHandler = Union[Callable[[int, Optional[FrameType]], Any], int, None]
-STATUS_FILE = "status.json"
 #: Below this much time left, the final checkpoint is not even started (only the lease is released).
 MIN_FINAL = 0.3
 #: A checkpoint held back (see Checkpointer.run) is retried this soon.
@@ -61,11 +64,6 @@ WRITER, STANDBY, FORKED = "writer", "standby", "forked-child"
 _live: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
 
-def iso_utc(ts: Optional[float]) -> Optional[str]:
-    """A Unix time as ISO 8601 UTC (as status() and the CLI show times), None for None."""
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 class Runtime:
@@ -113,17 +111,13 @@ class Runtime:
             log.info("fractfs: no volume configured (set fractfs_VOLUME_ROOT or volume_root): passthrough "
                      "mode, nothing is provisioned or checkpointed; root %s", cfg.root)
             return
+        from .stores.open import check_volume_mounted
 
-        if cfg.is_posix_store and cfg.volume_root is not None:
-            # An unmounted Volume looks like an empty directory (or none at all): restoring from it would
-            # find nothing and checkpoints would fill node-local disk while claiming durability. Refuse.
-            vol = Path(cfg.volume_root)
-            if not vol.is_dir():
-                raise ProvisionError(
-                    f"Volume root {vol} ({cfg.sources.get('volume_root', 'volume_root')}) does not exist or is "
-                    "not a directory; mount the Volume there or fix fractfs_VOLUME_ROOT. fractfs does not "
-                    "create it, so an unmounted Volume never silently becomes local disk"
-                )
+        check_volume_mounted(cfg)  # before provisioning links anything to it
+        # scratch holds the app's pinned files, the stat cache, restore temps and the locks: refuse one another
+        # local user could read, plant files in or redirect (docs/security.md), before anything is written there
+        ensure_private_dir(cfg.scratch, "fractfs_SCRATCH")
+        ensure_private_dir(cfg.state_dir, "fractfs_SCRATCH (its .fractfs-state)")
         self._start_daemon = start_daemon
         # One writer process per root on this node (nodelock.py). The start lock is held until the writer's
         # restore is done, so a second process starting alongside waits and then sees the restored tree.
@@ -158,11 +152,11 @@ class Runtime:
                 "writable node-local directory") from exc
 
     def _open_store(self) -> Any:
-        from .stores import open_store
+        from .stores.open import open_store
         from .stores.volume import VolumeGuard, guard
 
         cfg = self.config
-        store = open_store(cfg.checkpoint_location or "", backend=cfg.backend)
+        store = open_store(cfg)
         # A mounted Volume is checked before every store call: unmounted or replaced, it must not silently
         # become node-local disk (stores/volume.py).
         store = guard(store, cfg.volume_root if cfg.is_posix_store else None)
@@ -758,7 +752,9 @@ class Runtime:
             st, volume=volume, lease_lost=self._lease_lost, store_error=store_error)
         st["healthy"] = not problems
         st["problems"] = problems
-        return st
+        # redact_value: a Volume URL may carry user:secret@ (docs/security.md); status.json is written from this
+        redacted: dict[str, Any] = redact_value(st)
+        return redacted
 
     def _persist_status(self) -> None:
         """status() as JSON in the state dir, for the `fractfs` command running in another process."""
@@ -788,32 +784,6 @@ def _join_app_threads() -> None:
         if t is me or t.daemon or t in workers or t is threading.main_thread():
             continue
         t.join()
-
-
-def relpath_for(config: Config, path: Union[str, "os.PathLike[str]"]) -> str:
-    """App-relative POSIX path for ``path`` (absolute under the root or scratch, or relative to the root)."""
-    p = Path(os.fspath(path))
-    if not p.is_absolute():
-        rel = os.path.normpath(p.as_posix())
-        if rel == ".":
-            return ""
-        if rel == ".." or rel.startswith("../"):
-            raise FractfsError(f"{path}: outside the app root {config.root}")
-        return Path(rel).as_posix()
-    absp = Path(os.path.abspath(p))
-    for base in (config.root, config.scratch):
-        if absp == base:
-            return ""
-        if base in absp.parents:
-            return absp.relative_to(base).as_posix()
-    if config.dirs_root is not None:
-        for d in config.dirs:
-            try:
-                rest = absp.relative_to(config.dirs_root / d)
-            except ValueError:
-                continue
-            return (Path(d) / rest).as_posix()
-    raise FractfsError(f"{path}: outside the app root {config.root}")
 
 
 def load(root: Optional[Union[str, "os.PathLike[str]"]]) -> Config:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
@@ -131,3 +132,32 @@ def load_bundle(config: Config) -> Optional[set[str]]:
     if data.get("root") != str(config.root):
         return None
     return set(data.get("files", []))
+
+
+@dataclass
+class BundleInfo:
+    """The deploy bundle a checkpoint taken from outside the app (``fractfs sync``) leaves out."""
+
+    files: set[str]
+    #: "recorded" (persisted by the app's init() on this node), "detected" (computed now, as init() would),
+    #: "off" (auto_ignore_bundle = false) or "unknown" (no record and the store could not be asked)
+    source: str
+
+
+def bundle_for(config: Config, resolver: TierResolver,
+               latest_paths: Callable[[], Optional[set[tuple[str, str]]]]) -> BundleInfo:
+    """The app's own bundle record on this node, else what init() would detect now.
+
+    ``latest_paths()`` gives the ``(area, relpath)`` set of the newest snapshot (None when the store cannot
+    be asked); it is only called when there is no record, since loading a manifest can take a second.
+    """
+    if not config.auto_ignore_bundle:
+        return BundleInfo(set(), "off")
+    recorded = load_bundle(config)
+    if recorded is not None:
+        return BundleInfo(recorded, "recorded")
+    paths = latest_paths()
+    if paths is None:
+        return BundleInfo({CONFIG_FILENAME} if config.config_file else set(), "unknown")
+    known = {rel for area, rel in paths if area == "root"}
+    return BundleInfo(detect_bundle(config, resolver, known), "detected")

@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 
-from ..errors import CorruptCheckpointError, FractfsError, StoreNotFound
+from ..errors import CorruptCheckpointError, FractfsError, SnapshotNotFound, StoreNotFound
 from ..stores.base import Store
 from .format import (
     SNAPSHOTS,
@@ -151,11 +151,17 @@ def load(store: Store, name: SnapName) -> Manifest:
 
 
 def resolve_id(names: list[SnapName], sid: str) -> SnapName:
-    """A snapshot given as its full id, its sequence number, or a unique prefix of its hash."""
+    """A snapshot given as its full id, its sequence number, a unique prefix of its hash, or the short
+    ``<seq>-<hash prefix>`` form (:attr:`SnapName.short`) that logs and ``fractfs snapshots`` print."""
     sid = sid.strip()
     for n in names:
         if n.id == sid:
             return n
+    seq, dash, prefix = sid.partition("-")
+    if dash and seq.isdigit() and len(prefix) >= 4:
+        short = [n for n in names if n.seq == int(seq) and n.digest.startswith(prefix.lower())]
+        if len(short) == 1:
+            return short[0]
     if sid.isdigit():
         hits = [n for n in names if n.seq == int(sid)]
     elif len(sid) >= 4:
@@ -165,8 +171,8 @@ def resolve_id(names: list[SnapName], sid: str) -> SnapName:
     if len(hits) == 1:
         return hits[0]
     if not hits:
-        raise CorruptCheckpointError(f"snapshot {sid!r} not found on the store")
-    raise CorruptCheckpointError(f"snapshot {sid!r} is ambiguous: {', '.join(n.short for n in hits)}")
+        raise SnapshotNotFound(f"snapshot {sid!r} not found on the store")
+    raise SnapshotNotFound(f"snapshot {sid!r} is ambiguous: {', '.join(n.short for n in hits)}")
 
 
 def newest_valid(store: Store, names: list[SnapName] | None = None,

@@ -46,7 +46,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 Fence = Callable[[], None]
 
 #: Kept for `fractfs prune` (cli.py) until it imports statcache.StateLock itself.
-_StateLock = StateLock
 
 
 @dataclass

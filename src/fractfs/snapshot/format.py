@@ -99,6 +99,15 @@ def parse_snapshot_id(sid: str) -> SnapName | None:
     return SnapName(int(m.group(1)), m.group(2)) if m else None
 
 
+def short_id(sid: str | None) -> str:
+    """:attr:`SnapName.short` of a snapshot id given as text (``"-"`` for none, the text itself when it is
+    not a snapshot id): how logs and the ``fractfs`` command name snapshots."""
+    if not sid:
+        return "-"
+    name = parse_snapshot_id(sid)
+    return name.short if name is not None else sid
+
+
 class Entry(NamedTuple):
     """One path in a snapshot. Which fields matter depends on ``type`` (see docs/format.md).
 

@@ -1,4 +1,4 @@
-"""Looking after the store: list snapshots, the newest snapshot's paths, prune, verify."""
+"""Looking after the store: list snapshots, the newest snapshot's paths, prune, verify, stored sizes."""
 from __future__ import annotations
 
 import hashlib
@@ -269,3 +269,29 @@ def verify(store: Store, snapshot_id: str | None = None, *, transfers: int = 8) 
         log.error("fractfs: verify: %s", msg)
     res.duration = time.monotonic() - t0
     return res
+
+
+def blob_total(store: Store, snapshot_ids: list[str] | None) -> int:
+    """Bytes of the packs/objects the given snapshots reference (``None`` = every blob on the store).
+
+    A progress total for a long read (``fractfs verify``): a damaged or unknown snapshot adds nothing.
+    """
+    sizes: dict[str, int] = {}
+    for prefix in (PACKS, OBJECTS):
+        for key, size in store.list(prefix):
+            bid = blob_id_from_key(key)
+            if bid is not None:
+                sizes[bid] = size
+    if snapshot_ids is None:
+        return sum(sizes.values())
+    wanted: set[str] = set()
+    for sid in snapshot_ids:
+        name = parse_snapshot_id(sid)
+        if name is None:
+            continue
+        try:
+            m = catalog.load(store, name)
+        except CorruptCheckpointError:
+            continue
+        wanted.update(e.pack or e.object for e in m.entries if e.pack or e.object)
+    return sum(sizes.get(b, 0) for b in wanted)

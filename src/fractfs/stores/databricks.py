@@ -139,7 +139,7 @@ class DatabricksFilesStore:
         self._files = self._sdk.FilesAPI(self._api)
 
     def _default_client(self) -> Any:
-        from .. import __version__ as version  # imported here: the package is still loading at module import
+        from .._version import __version__ as version
 
         try:
             cfg = self._sdk.Config(

@@ -101,7 +101,7 @@ class FsspecStore:
     """Objects under an fsspec URL; keys are appended to it with '/'."""
 
     def __init__(self, url: str, *, storage_options: dict[str, Any] | None = None,
-                 attempts: int = DEFAULT_ATTEMPTS, fast_path: bool | None = None) -> None:
+                 attempts: int = DEFAULT_ATTEMPTS, fast_path: bool = True) -> None:
         try:
             import fsspec
             from fsspec.asyn import AsyncFileSystem
@@ -143,9 +143,6 @@ class FsspecStore:
         if self._is_s3 and cat is not None and "max_concurrency" in inspect.signature(cat).parameters:
             self._cat_kw = {"max_concurrency": 1}
         # The lean S3 client (see _s3fast) for PUT/GET; decided lazily, on the first request.
-        if fast_path is None:
-            fast_path = os.environ.get("FRACTFS_S3_FAST_PATH", os.environ.get("fractfs_S3_FAST_PATH", "1")
-                                       ).strip().lower() not in ("0", "false", "no", "off")
         self._fast_wanted = self._is_s3 and self._async and fast_path and _fast_path_possible(opts)
         self._fast: FastS3 | None = None
         self._fast_pid = 0

@@ -1,0 +1,122 @@
+"""``fractfs status``: configuration, tiers, store, last snapshot, warnings and lease, from outside the app."""
+from __future__ import annotations
+
+import argparse
+
+from ..report import OfflineStatus, human_bytes, offline_status
+from ..snapshot.format import short_id
+from .common import config_of
+from .exitcodes import EXIT_OK, EXIT_PROBLEM
+from .output import Out, plural, when
+
+HELP = "configuration, tiers, store, last snapshot, warnings and lease"
+DESCRIPTION = (
+    "Configuration, tiers, store, last snapshot, warnings and lease, read from outside the app (no daemon "
+    "is started). Probes the Volume like init() does. Exit 1 if the store cannot be read.")
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    del p  # no options of its own
+
+
+def run(args: argparse.Namespace, out: Out) -> int:
+    st = offline_status(config_of(args, quiet_warnings=True))
+    if out.json_mode:
+        out.json(st)
+    else:
+        show(st, out)
+    return EXIT_PROBLEM if st["store_error"] else EXIT_OK
+
+
+def show(st: OfflineStatus, out: Out) -> None:
+    """The human-readable status, one ``label  value`` line per topic."""
+    config_file = st["config_file"] or "no .fractfs.toml: environment and defaults"
+    out.line(f"root        {st['root']}  ({config_file})")
+    if st["passthrough"]:
+        out.line("store       none: passthrough mode (no volume_root), nothing is linked or checkpointed")
+    else:
+        out.line(f"store       {st['checkpoint_location']}  (backend {st['backend']})")
+    out.line(f"scratch     {st['scratch']}")
+    caps = st.get("capabilities")
+    if caps:
+        if caps.get("exists") and caps.get("writable"):
+            yes = {True: "yes", False: "no"}
+            out.line(f"volume      {caps['path']}: {caps.get('fs_type') or 'unknown fs'}, symlinks "
+                     f"{yes[bool(caps['symlinks'])]}, rename {yes[bool(caps['rename'])]}, other filesystem "
+                     f"{yes[bool(caps['cross_device'])]}, {human_bytes(caps.get('free_bytes'))} free")
+        else:
+            out.line(f"volume      {caps['path']}: NOT USABLE ({caps.get('error')})")
+    _tiers(st, out)
+    _snapshots(st, out)
+    if st["bundle_file_count"] is None:
+        bundle = "not recorded on this node (the app has not run init() here)" if st["auto_ignore_bundle"] \
+            else "off (auto_ignore_bundle = false)"
+    else:
+        bundle = f"{st['bundle_file_count']} files recorded by the app, left out of checkpoints"
+    out.line(f"bundle      {bundle}")
+    lease = st.get("lease")
+    if lease:
+        if lease.get("error"):
+            out.line(f"lease       ? ({lease['error']})")
+        else:
+            out.line(f"lease       {lease.get('holder')}: {lease.get('state')} (heartbeat "
+                     f"{lease.get('heartbeat_age')}s ago, timeout {lease.get('timeout'):g}s)")
+    elif not st["passthrough"] and not st["store_error"]:
+        out.line("lease       none")
+    if st["sync_interval"]:
+        sync = f"every {st['sync_interval']:g}s ({st['sync_mode']})"
+    else:
+        sync = ("manual (sync_interval = 0: no background checkpoints; only `fractfs sync`, sync_now() and "
+                "the final one at exit)")
+    out.line(f"sync        {sync}, content_hash {'on' if st['content_hash'] else 'off'}")
+    _app(st, out)
+    if st["warnings"]:
+        out.line("warnings")
+        for w in st["warnings"]:
+            out.line(f"  - {w}")
+
+
+def _tiers(st: OfflineStatus, out: Out) -> None:
+    out.line("tiers")
+    if st["dirs"]:
+        width = max(len(d) for d in st["dirs"])
+        for i, (d, info) in enumerate(st["dirs"].items()):
+            head = "  dirs      " if i == 0 else "            "
+            state = info.get("state", "?")
+            out.line(f"{head}{d.ljust(width)} -> {info.get('target')}  ({state})")
+    else:
+        out.line("  dirs      (none)")
+    pats = st["patterns"]
+    out.line(f"  local     {', '.join(pats['local']) or '(none)'}")
+    out.line(f"  ignore    {', '.join(pats['ignore']) or '(none)'}")
+    out.line("  default   everything else: node-local, checkpointed")
+    if st["pins"]:
+        unpinned = set(st.get("unpinned") or ())
+        out.line("pins        " + ", ".join(p + (" (not possible)" if p in unpinned else "") for p in st["pins"]))
+
+
+def _snapshots(st: OfflineStatus, out: Out) -> None:
+    if st["passthrough"]:
+        return
+    if st["store_error"]:
+        out.line(f"snapshots   ? (store error: {st['store_error']})")
+    else:
+        out.line(f"snapshots   {st['snapshot_count']} (keep {st['keep_snapshots']})")
+    if st["last_snapshot_id"]:
+        out.line(f"last        {short_id(st['last_snapshot_id'])}  {when(st['last_snapshot_time'])}  "
+                 f"{plural(st['files'] or 0, 'file')}  {human_bytes(st['bytes'])}  node {st['last_snapshot_node']}")
+    elif not st["store_error"]:
+        out.line("last        none yet")
+
+
+def _app(st: OfflineStatus, out: Out) -> None:
+    app = st.get("app")
+    if not app:
+        out.line("app         no status recorded on this node")
+    elif app.get("alive"):
+        last = app.get("last_sync_time")
+        synced = f", last checkpoint {when(last)}" if isinstance(last, (int, float)) else ""
+        role = "writer" if app.get("writer") else "not the writer"
+        out.line(f"app         running here (pid {app.get('pid')}, {role}{synced})")
+    else:
+        out.line(f"app         not running here (last seen pid {app.get('pid')})")
