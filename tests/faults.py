@@ -229,3 +229,59 @@ def install_in_child(rate: float, seed: int, kinds: Sequence[str] = DEFAULT_KIND
 
     stores.open_store = open_faulty  # type: ignore[assignment]
     return made
+
+
+class SlowStore:
+    """Every call to ``inner`` takes ``latency`` (+- ``jitter``) seconds more (a store far away: the Databricks Files API
+    answers in 0.1-0.5 s per request). Keeps the inner store's ``put_many``/``get_many`` out, so every object
+    pays the latency."""
+
+    def __init__(self, inner: Any, latency: float, *, jitter: float = 0.0, seed: int = 0) -> None:
+        self.inner = inner
+        self.url = f"slow+{inner.url}"
+        self.latency = latency
+        self.jitter = jitter  # each call takes latency +- jitter (uniform): real latency varies
+        self.calls: Counter[str] = Counter()
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+
+    def _wait(self, op: str) -> None:
+        with self._lock:
+            self.calls[op] += 1
+            extra = self._rng.uniform(-self.jitter, self.jitter) if self.jitter else 0.0
+        time.sleep(max(0.0, self.latency + extra))
+
+    def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+        self._wait("put")
+        self.inner.put(key, data, exclusive=exclusive)
+
+    def put_file(self, key: str, path: Path) -> None:
+        self._wait("put_file")
+        self.inner.put_file(key, path)
+
+    def get(self, key: str) -> bytes:
+        self._wait("get")
+        data: bytes = self.inner.get(key)
+        return data
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        self._wait("get_range")
+        data: bytes = self.inner.get_range(key, start, length)
+        return data
+
+    def get_file(self, key: str, path: Path) -> None:
+        self._wait("get_file")
+        self.inner.get_file(key, path)
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        self._wait("list")
+        return iter(list(self.inner.list(prefix)))
+
+    def size(self, key: str) -> int | None:
+        self._wait("size")
+        n: int | None = self.inner.size(key)
+        return n
+
+    def delete(self, key: str) -> None:
+        self._wait("delete")
+        self.inner.delete(key)

@@ -12,7 +12,7 @@ import pytest
 from fractfs import snapshot
 from fractfs.checkpointer import Checkpointer, CheckpointStats, exclusive_lease, status_fields
 from fractfs.errors import CheckpointAborted, LeaseHeld, LeaseLost, StoreError
-from fractfs.lease import Lease, LeaseKeeper
+from fractfs.lease import Lease, LeaseKeeper, LeaseRecord, lease_key
 from fractfs.snapshot.engine import CheckpointResult, Options
 from fractfs.stores.posix import PosixStore
 
@@ -63,6 +63,11 @@ def test_commit_is_refused_when_the_fence_raises_and_the_prior_snapshot_stays_ne
     (src / "a.txt").write_text("two")
     clock.t += lease.timeout  # the last renewal is now too old to commit on
     assert lease.held and not lease.valid()
+    # ... and another node took over meanwhile, so the renewal the fence tries first fails as well
+    assert lease.generation is not None
+    store.put(lease_key(lease.generation + 1), LeaseRecord(
+        generation=lease.generation + 1, node="node-b", token="b", beat=0, time=time.time(),
+        acquired=time.time(), timeout=lease.timeout).encode(), exclusive=True)
     cp.acquire(None)
     try:
         with pytest.raises(LeaseLost):

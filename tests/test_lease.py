@@ -341,12 +341,15 @@ def test_keeper_may_write_and_fence_with_an_overdue_renewal(store: PosixStore) -
     keeper = LeaseKeeper(lease, where="s")
     assert keeper.may_write(eager=True)
     keeper.fence()  # valid: no exception
-    clock.t += 6.0  # past timeout / 2 since the last renewal
-    with pytest.raises(LeaseLost):
-        keeper.fence()
+    clock.t += 6.0  # past timeout / 2 since the last renewal: the fence renews once (issue 11, point 5)
+    keeper.fence()
+    assert lease.valid() and lease.remaining() == pytest.approx(5.0)
+    clock.t += 6.0
     real = store.list
     store.list = lambda prefix="": (_ for _ in ()).throw(StoreError("down (test)"))  # type: ignore[method-assign]
     try:
+        with pytest.raises(LeaseLost):
+            keeper.fence()  # overdue and the renewal fails: refused
         with pytest.raises(LeaseLost, match="cannot confirm"):
             keeper.may_write(eager=True)
     finally:

@@ -172,11 +172,15 @@ def test_a_file_larger_than_the_volume_is_left_out_and_the_rest_committed(
         st = fractfs.status()
         fractfs.shutdown(final_sync=False)
         print(json.dumps({"stored": stored, "not_stored": st["not_stored"], "last_error": st["last_error"],
-                          "failures": st["consecutive_failures"]}))
+                          "failures": st["consecutive_failures"], "healthy": st["healthy"],
+                          "problems": st["problems"]}))
     """)
     assert out["stored"] == ["state.txt"] and out["last_error"] is None and out["failures"] == 0, out
     [entry] = out["not_stored"]
     assert entry["path"] == "big.bin" and "full" in entry["reason"] and str(volume) in entry["reason"], entry
+    # a monitor polling status sees it: unhealthy, with the file and why
+    assert out["healthy"] is False, out
+    assert [p["kind"] for p in out["problems"]] == ["files-not-stored"] and "big.bin" in out["problems"][0]["message"]
     # the Volume holds no half-written object, and a cold node gets the new state and the big file's old version
     assert [p for p in volume.rglob("*") if ".tmp-" in p.name] == []
     store = PosixStore(volume / "_checkpoint")

@@ -89,12 +89,10 @@ def test_hostile_snapshot_is_refused_and_the_app_starts(tmp_path: Path, plain_vo
         # writing through symlinks that already exist on disk: the bundle's, and the [dirs] link to the Volume
         "bundle-link/payload": file_entry("bundle-link/payload", pid, bad),
         "data/blobs/planted": file_entry("data/blobs/planted", pid, bad),
-        # symlinks that lead out, alone or chained
-        "evil-rel": {"area": "root", "path": "evil-rel", "type": "symlink", "target": "../../canary",
-                     "mtime_ns": 1},
-        "evil-abs": {"area": "root", "path": "evil-abs", "type": "symlink", "target": str(canary),
-                     "mtime_ns": 1},
-        "chain": {"area": "root", "path": "chain", "type": "symlink", "target": "c/up/..", "mtime_ns": 1},
+        # writing through symlinks of the same snapshot that lead out (the links themselves are data and are
+        # restored verbatim, see below)
+        "evil-abs/payload": file_entry("evil-abs/payload", pid, bad),
+        "chain/payload": file_entry("chain/payload", pid, bad),
         # lies about the content
         "dup": file_entry("dup", pid, bad),
         "huge-pack": file_entry("huge-pack", pid, (0, 10**15, hashlib.sha256(payload).hexdigest())),
@@ -105,7 +103,11 @@ def test_hostile_snapshot_is_refused_and_the_app_starts(tmp_path: Path, plain_vo
         "missing-pack": file_entry("missing-pack", "ab" * 32, (0, 5, "1" * 64)),
         "bad-type": {"area": "root", "path": "fifo", "type": "fifo", "mode": 0o644},
     }
-    entries = list(hostile.values()) + [
+    entries = [
+        {"area": "root", "path": "evil-rel", "type": "symlink", "target": "../../canary", "mtime_ns": 1},
+        {"area": "root", "path": "evil-abs", "type": "symlink", "target": str(canary), "mtime_ns": 1},
+        {"area": "root", "path": "chain", "type": "symlink", "target": "c/up/..", "mtime_ns": 1},
+    ] + list(hostile.values()) + [
         file_entry("dup", pid, ok),
         {"area": "root", "path": "c", "type": "dir", "mode": 0o755},
         {"area": "root", "path": "c/up", "type": "symlink", "target": "..", "mtime_ns": 1},
@@ -136,7 +138,9 @@ def test_hostile_snapshot_is_refused_and_the_app_starts(tmp_path: Path, plain_vo
     assert _outside(tmp_path, node) == before
     assert list(canary.iterdir()) == []
     assert not (Path(node.volume) / "data/blobs/planted").exists()
-    for name in ("evil-rel", "evil-abs", "chain", "dup", "huge-pack", "huge-object", "wrong-hash",
+    for name, target in (("evil-rel", "../../canary"), ("evil-abs", str(canary)), ("chain", "c/up/..")):
+        assert os.readlink(node.root / name) == target, name  # a symlink is data: restored verbatim
+    for name in ("dup", "huge-pack", "huge-object", "wrong-hash",
                  "truncated-pack", "missing-pack"):
         assert not os.path.lexists(node.root / name), name
     # the honest entries are there, set-uid dropped; the bundle's own files untouched

@@ -187,6 +187,9 @@ def test_hostile_manifest_entries_are_refused(tmp_path: Path) -> None:
         {"area": "root", "path": "a", "type": "dir", "mode": 0o755},
         {"area": "root", "path": "a/up", "type": "symlink", "target": "..", "mtime_ns": 1},
         {"area": "root", "path": "chain", "type": "symlink", "target": "a/up/..", "mtime_ns": 1},
+        # links that lead out are data (restored verbatim); writing through them is what is refused
+        _file("evil-abs/payload", pid, bad),
+        _file("chain/payload", pid, bad),
         # a file entry, then an entry below it
         _file("f", pid, ok),
         _file("f/g", pid, bad),
@@ -215,9 +218,8 @@ def test_hostile_manifest_entries_are_refused(tmp_path: Path) -> None:
         "sizelie",
         "dup",
         "weird",
-        "evil-rel",
-        "evil-abs",
-        "chain",
+        "evil-abs/payload",
+        "chain/payload",
         "f/g",
     ]:
         assert repr(p) in refused or f"root:{p}:" in refused, p
@@ -225,6 +227,9 @@ def test_hostile_manifest_entries_are_refused(tmp_path: Path) -> None:
     assert sorted(out.restored) == [
         "root:a/up",
         "root:abs-inside",
+        "root:chain",
+        "root:evil-abs",
+        "root:evil-rel",
         "root:f",
         "root:good/file",
         "root:good/link",
@@ -232,7 +237,8 @@ def test_hostile_manifest_entries_are_refused(tmp_path: Path) -> None:
     # nothing landed outside the target, and nothing was written through the pre-existing symlink
     assert list(outside.iterdir()) == []
     assert not (tmp_path / "escape").exists()
-    assert not os.path.lexists(target / "chain") and not os.path.lexists(target / "evil-rel")
+    assert os.readlink(target / "chain") == "a/up/.." and os.readlink(target / "evil-abs") == str(outside)
+    assert os.readlink(target / "evil-rel") == "../../outside"
     assert (target / "plainfile").read_text() == "I am a file"
     assert (target / "good" / "link").read_bytes() == good
     for dirpath, _dirs, files in os.walk(tmp_path):

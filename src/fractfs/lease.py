@@ -211,6 +211,21 @@ class Lease:
             return (self.held and self._renewed_at is not None
                     and self._clock() - self._renewed_at < self.timeout / 2.0)
 
+    def remaining(self) -> float:
+        """Seconds of validity left (see :meth:`valid`); 0 when not held or already past it."""
+        with self._lock:
+            if not self.held or self._renewed_at is None:
+                return 0.0
+            return max(0.0, self._renewed_at + self.timeout / 2.0 - self._clock())
+
+    def forget(self) -> None:
+        """In a forked child: stop considering the lease ours, without a store call. The parent process still
+        holds it; the child must neither commit on it nor release it at its exit."""
+        self._lock = threading.RLock()  # another thread may have held it at fork time
+        self.held = False
+        self._renewed_at = None
+        self.generation = None
+
     def observed_age(self) -> Optional[float]:
         """Seconds since the lease we watch last changed (our clock); None before the first look."""
         with self._lock:
@@ -477,6 +492,8 @@ class LeaseKeeper:
         self.on_lost = on_lost
         #: the last tick failed (store unreachable): the lease cannot be confirmed
         self.failing = False
+        #: what the last failed tick raised (None after a good one)
+        self.last_exc: Optional[BaseException] = None
         self._standby_logged: Optional[str] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -492,12 +509,28 @@ class LeaseKeeper:
         self._thread = threading.Thread(target=self._loop, args=(self._stop,), name="fractfs-lease", daemon=True)
         self._thread.start()
 
+    def forget(self) -> None:
+        """In a forked child: the heartbeat thread does not exist here; don't touch the parent's objects (a
+        lock inside them may have been held by another thread at fork time)."""
+        self._stop = threading.Event()
+        self._stop.set()
+        self._thread = None
+        self.lease.forget()
+
     def stop(self) -> None:
         """Stop beating (does not wait: the thread is a daemon and at most one tick away from noticing)."""
         self._stop.set()
 
     def _loop(self, stop: threading.Event) -> None:
-        while not stop.wait(self.lease.beat_period):
+        # Beats are spaced from the *start* of the previous one: on a slow store a renewal can take a good
+        # part of the period, and waiting a full period after it ended would leave the lease invalid (its
+        # validity counts from the start of a renewal) for a while before every beat.
+        # A short pause is kept even then, so callers of Lease.valid() (which waits for a renewal in progress)
+        # are not starved by back-to-back renewals.
+        period = self.lease.beat_period
+        started = time.monotonic()
+        while not stop.wait(max(period / 8.0, started + period - time.monotonic())):
+            started = time.monotonic()
             self.tick()
 
     def tick(self) -> bool:
@@ -511,7 +544,9 @@ class LeaseKeeper:
                 log.warning("fractfs: checkpoint lease: %s: %s (retrying every %.1fs)",
                             type(exc).__name__, exc, lease.beat_period)
             self.failing = True
+            self.last_exc = exc
             return lease.valid()
+        self.last_exc = None
         if self.failing:
             log.info("fractfs: checkpoint lease: store reachable again")
             self.failing = False
@@ -543,6 +578,10 @@ class LeaseKeeper:
         """
         lease = self.lease
         if lease.valid():
+            if lease.remaining() < self.margin():
+                # Late in the validity window: a checkpoint started now could reach its commit after the
+                # lease stopped being valid (the heartbeat's renewal may itself be slow), so renew first.
+                self.tick()
             return True
         if eager or not self.running or lease.held:
             self.tick()
@@ -568,8 +607,26 @@ class LeaseKeeper:
             stop.set()
             t.join(self.lease.beat_period + 5)
 
+    def margin(self) -> float:
+        """A lease with less validity than this left is renewed before a checkpoint starts: one heartbeat
+        period (a quarter of the timeout, half of the validity window)."""
+        return self.lease.beat_period
+
     def fence(self) -> None:
         """Raise :class:`LeaseLost` unless this node holds a valid lease at this very moment (the check made
-        right before a commit)."""
-        if not self.lease.valid():
-            raise LeaseLost("not committing: this node does not hold a valid checkpoint lease")
+        right before a commit).
+
+        A lease that is still ours but whose validity ran out during a long checkpoint (a slow store delayed
+        the heartbeat) is renewed here once: the renewal confirms that no newer generation exists and that
+        our key still carries our token, which is exactly what committing needs. Only if that fails is the
+        commit refused.
+        """
+        lease = self.lease
+        if lease.valid():
+            return
+        if lease.held:
+            log.info("fractfs: checkpoint lease validity ran out during the checkpoint; renewing before the commit")
+            self.tick()
+            if lease.valid():
+                return
+        raise LeaseLost("not committing: this node does not hold a valid checkpoint lease")

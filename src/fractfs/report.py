@@ -99,6 +99,11 @@ class Status(ConfigSummary):
     provision: Optional[dict[str, Any]]
     restore: dict[str, Any]
     warnings: list[str]
+    #: "writer" / "standby" (another process on this node writes for the root) / "forked-child"
+    process_role: str
+    #: False while ``problems`` is not empty (health.py): what a monitor polls
+    healthy: bool
+    problems: list[dict[str, str]]
 
 
 class PersistedStatus(Status):
@@ -135,6 +140,8 @@ class AppView(TypedDict):
     consecutive_failures: Optional[int]
     syncs: Optional[int]
     watch: Optional[dict[str, Any]]
+    healthy: Optional[bool]
+    problems: Optional[list[dict[str, str]]]
     written_at: Optional[float]
     alive: bool
 

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from concurrent.futures import thread as _cf_thread  # imported (and its exit hook registered) before ours
 from pathlib import Path
 from types import FrameType
@@ -29,13 +30,15 @@ from .config import Config, load_config
 from .config import relpath_for as relpath_for  # re-exported: it lived here before
 from .daemon import SyncDaemon
 from .errors import CheckpointAborted as CheckpointAborted  # re-exported: older callers import it from here
-from .errors import FractfsError
+from .errors import FractfsError, ProvisionError, StoreError, VolumeChanged, VolumeNotMounted
+from .health import VOLUME_CHANGED, VOLUME_MISSING, assess
 from .lease import Lease, LeaseKeeper
 from .localfile import private_dir, write_replace
+from .nodelock import NodeLock, holder_pid
 from .ownership import ensure_private_dir
 from .redact import redact_value
 from .report import STATUS_FILE, iso_utc
-from .selection import Selection, areas_for, detect_bundle, save_bundle
+from .selection import Selection, areas_for, detect_bundle, load_bundle, save_bundle
 from .tiers import Tier, TierResolver
 
 if TYPE_CHECKING:
@@ -50,6 +53,15 @@ MIN_FINAL = 0.3
 RETRY_SOON = 1.0
 #: status()["sync_mode"] with sync_interval = 0: checkpoints only when asked, and the final one.
 MANUAL = "manual"
+#: While the Volume is missing, the daemon looks for it again this often (seconds).
+VOLUME_RETRY = 2.0
+#: A standby process polls the node's writer lock this often (seconds).
+STANDBY_POLL = 0.25
+#: status()["process_role"]: this process writes checkpoints for the root / waits to / is a fork() child.
+WRITER, STANDBY, FORKED = "writer", "standby", "forked-child"
+
+#: Every live Runtime, so a fork() child can disown the parent's writer rights (see _after_fork_in_child).
+_live: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
 
 
@@ -83,6 +95,14 @@ class Runtime:
         self._stop_state = 0  # 0 running, 1 stopping, 2 stopped
         self._stop_owner: Optional[int] = None
         self._stopped = threading.Event()
+        #: WRITER, STANDBY (another process on this node writes for the root) or FORKED (see _forked)
+        self.role = WRITER
+        self.nodelock: Optional[NodeLock] = None
+        self.volume: Any = None  # the stores.volume.VolumeGuard in front of a mounted Volume, if any
+        self._volume_problem: Optional[tuple[str, str]] = None
+        self._lease_lost: Optional[str] = None
+        self._start_daemon = False
+        _live.add(self)
 
     # -- start-up --------------------------------------------------------------------------------------
     def start(self, *, force: bool, restore: bool, start_daemon: bool) -> None:
@@ -91,29 +111,81 @@ class Runtime:
             log.info("fractfs: no volume configured (set fractfs_VOLUME_ROOT or volume_root): passthrough "
                      "mode, nothing is provisioned or checkpointed; root %s", cfg.root)
             return
-        from .stores.open import check_volume_mounted, open_store
+        from .stores.open import check_volume_mounted
 
         check_volume_mounted(cfg)  # before provisioning links anything to it
         # scratch holds the app's pinned files, the stat cache, restore temps and the locks: refuse one another
         # local user could read, plant files in or redirect (docs/security.md), before anything is written there
         ensure_private_dir(cfg.scratch, "fractfs_SCRATCH")
         ensure_private_dir(cfg.state_dir, "fractfs_SCRATCH (its .fractfs-state)")
+        self._start_daemon = start_daemon
+        # One writer process per root on this node (nodelock.py). The start lock is held until the writer's
+        # restore is done, so a second process starting alongside waits and then sees the restored tree.
+        self.nodelock = NodeLock(cfg.state_dir, cfg.sources.get("scratch", "scratch (fractfs_SCRATCH)"))
+        self._check_state_dir()
+        self.nodelock.begin_start()
+        try:
+            if self.nodelock.try_acquire():
+                self._start_writer(force=force, restore=restore, start_daemon=start_daemon)
+            else:
+                self._start_standby(force=force)
+        except BaseException:
+            self.nodelock.release()
+            raise
+        finally:
+            self.nodelock.end_start()
+
+    def _check_state_dir(self) -> None:
+        """Scratch must be writable: the stat cache, the locks and every checkpoint's bookkeeping live there.
+        Found out now, not as a raw PermissionError at every checkpoint."""
+        cfg = self.config
+        sdir = cfg.state_dir
+        probe = sdir / f".probe-{os.getpid()}"
+        try:
+            sdir.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ProvisionError(
+                f"the state dir {sdir} is not writable ({exc.strerror or exc}); it lives in scratch "
+                f"{cfg.scratch} ({cfg.sources.get('scratch', 'fractfs_SCRATCH')}): point fractfs_SCRATCH at a "
+                "writable node-local directory") from exc
+
+    def _open_store(self) -> Any:
+        from .stores.open import open_store
+        from .stores.volume import VolumeGuard, guard
+
+        cfg = self.config
+        store = open_store(cfg)
+        # A mounted Volume is checked before every store call: unmounted or replaced, it must not silently
+        # become node-local disk (stores/volume.py).
+        store = guard(store, cfg.volume_root if cfg.is_posix_store else None)
+        self.volume = store if isinstance(store, VolumeGuard) else None
+        return store
+
+    def _make_writer_parts(self) -> None:
+        cfg = self.config
+        self.lease = Lease(self.store, self.node_id, cfg.lease_timeout)
+        self.keeper = LeaseKeeper(self.lease, where=str(cfg.checkpoint_location),
+                                  on_acquired=self._on_lease_acquired, on_lost=self._on_lease_lost)
+        self.checkpointer = Checkpointer(
+            self.store, areas=lambda: areas_for(self.config), want=self.selection, state_dir=cfg.state_dir,
+            options=options_for(cfg, self.node_id), keeper=self.keeper, stats=self.stats,
+            on_change=self._persist_status)
+
+    def _start_writer(self, *, force: bool, restore: bool, start_daemon: bool) -> None:
+        cfg = self.config
         if cfg.dirs:
             self.report = _provision.provision(cfg, self.resolver, force=force)
             self.warnings.extend(self.report.warnings)
-        self.store = open_store(cfg)
+        self.store = self._open_store()
         from .snapshot import catalog
 
         # Take the lease (or learn who has it) before restoring: a node that holds it knows nobody else is
         # committing while it reads. A node that does not hold it still restores (reading is always safe:
         # a restore uses exactly one manifest, whole) but will not write.
-        self.lease = Lease(self.store, self.node_id, cfg.lease_timeout)
-        self.keeper = LeaseKeeper(self.lease, where=str(cfg.checkpoint_location),
-                                  on_acquired=self._on_lease_acquired, on_lost=self._persist_status)
-        self.checkpointer = Checkpointer(
-            self.store, areas=lambda: areas_for(self.config), want=self.selection, state_dir=cfg.state_dir,
-            options=options_for(cfg, self.node_id), keeper=self.keeper, stats=self.stats,
-            on_change=self._persist_status)
+        self._make_writer_parts()
+        assert self.keeper is not None and self.lease is not None
         if start_daemon:
             self.keeper.tick()
         try:
@@ -132,6 +204,15 @@ class Runtime:
         except BaseException:
             self._release_quietly()  # init failed: don't leave others waiting for our heartbeat to stop
             raise
+        self._start_threads(start_daemon)
+        self._persist_status()
+        log.info("fractfs: ready (root %s, store %s, %s sync, %d bundle files ignored%s)",
+                 cfg.root, cfg.checkpoint_location, self.sync_mode, len(self.bundle),
+                 "" if not start_daemon or self.lease.held else ", read-only: another node holds the lease")
+
+    def _start_threads(self, start_daemon: bool) -> None:
+        cfg = self.config
+        assert self.keeper is not None
         if start_daemon:
             self._final_at_exit = True
             if cfg.sync_interval > 0:
@@ -147,10 +228,86 @@ class Runtime:
                          "`fractfs sync` and the final checkpoint at exit", cfg.sources.get("sync_interval"))
             self.keeper.start()
             self._install_exit_hooks()
+
+    # -- standby processes (another process on this node is the writer) --------------------------------
+    def _start_standby(self, *, force: bool) -> None:
+        """Another process on this node writes checkpoints for this root; it has restored (we waited for the
+        start lock). Share its tree: no restore over its files, no bundle detection (its new files are not
+        deploy bundle), no lease, no commits. A thread takes over when that process ends."""
+        cfg = self.config
+        self.role = STANDBY
+        if cfg.dirs:
+            self.report = _provision.provision(cfg, self.resolver, force=force)
+            self.warnings.extend(self.report.warnings)
+        self.store = self._open_store()
+        self.bundle = load_bundle(cfg) or set()
+        pid = holder_pid(cfg.state_dir)
+        self.restore_info = {"skipped": f"process {pid or '?'} on this node is the writer for this root and "
+                                        "restored it"}
+        log.info("fractfs: process %s on this node writes checkpoints for %s; this process (%d) is a standby "
+                 "and takes over when that one ends", pid or "?", cfg.root, os.getpid())
+        if self._start_daemon:
+            # installed now, from the main thread: if this process takes over, SIGTERM must reach us
+            self._final_at_exit = True
+            self._install_exit_hooks()
+        threading.Thread(target=self._standby_loop, name="fractfs-standby", daemon=True).start()
+
+    def _standby_loop(self) -> None:
+        lock = self.nodelock
+        while lock is not None and not self.closed and self.role == STANDBY:
+            if lock.try_acquire():
+                if self.closed or self.role != STANDBY:
+                    lock.release()
+                    return
+                try:
+                    self._become_writer()
+                except Exception as exc:  # noqa: BLE001 - a standby thread must not die silently
+                    log.error("fractfs: taking over as the writer process failed: %s", exc)
+                    self.stats.record_error(exc)
+                return
+            time.sleep(STANDBY_POLL)
+
+    def _become_writer(self) -> None:
+        """The writer process ended (its final checkpoint done, its lease released): carry on from its last
+        snapshot with the tree it left, so nothing it wrote is lost."""
+        cfg = self.config
+        self.bundle = load_bundle(cfg) or self.bundle
+        try:
+            prev = json.loads((cfg.state_dir / STATUS_FILE).read_text())
+        except (OSError, ValueError):
+            prev = {}
+        # The tree on disk descends from the writer's last snapshot (restored or committed by it): it is
+        # this process's base, not another node's.
+        if isinstance(prev, dict) and prev.get("last_snapshot_id"):
+            self.stats.last_snapshot_id = str(prev["last_snapshot_id"])
+        self._make_writer_parts()
+        assert self.keeper is not None
+        self.role = WRITER
+        log.warning("fractfs: the writer process for %s ended; this process (%d) takes over checkpoints from "
+                    "snapshot %s", cfg.root, os.getpid(), self.stats.last_snapshot_id)
+        if self._start_daemon:
+            self.keeper.tick()
+            self._start_threads(True)
         self._persist_status()
-        log.info("fractfs: ready (root %s, store %s, %s sync, %d bundle files ignored%s)",
-                 cfg.root, cfg.checkpoint_location, self.sync_mode, len(self.bundle),
-                 "" if not start_daemon or self.lease.held else ", read-only: another node holds the lease")
+
+    # -- fork() ---------------------------------------------------------------------------------------
+    def _forked(self) -> None:
+        """In the child of fork(): the parent keeps being the writer. The child has none of its threads, and
+        shares its lock descriptors: drop them without a store call, so the child never commits, never
+        releases the parent's lease at its exit and never keeps the writer lock alive."""
+        self.role = FORKED
+        if self.nodelock is not None:
+            self.nodelock.forget()
+        if self.keeper is not None:
+            self.keeper.forget()
+        elif self.lease is not None:
+            self.lease.forget()
+        self.daemon = None
+        self.watcher = None
+        self._stop_lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._stop_state, self._stop_owner = 2, None
+        self._stopped.set()
 
     def _start_watch(self) -> None:
         from . import watch
@@ -208,6 +365,7 @@ class Runtime:
         return self.keeper.standby_message() if self.keeper is not None else "checkpoints are paused"
 
     def _on_lease_acquired(self) -> None:
+        self._lease_lost = None
         if self.checkpointer is not None:
             self.checkpointer.lease_acquired()  # look at the store's newest snapshot before the next commit
         if not self._exit_hook_registered:
@@ -217,6 +375,13 @@ class Runtime:
             self.daemon.poke()
         if self.lease is not None and self.lease.takeovers:
             self._warn_superseded()
+        self._persist_status()
+
+    def _on_lease_lost(self) -> None:
+        lease = self.lease
+        holder = lease.holder.node if lease is not None and lease.holder is not None else "another node"
+        if not self.closed:
+            self._lease_lost = f"{holder} holds it now"
         self._persist_status()
 
     def _warn_superseded(self) -> None:
@@ -238,9 +403,51 @@ class Runtime:
 
     def checkpoint(self, deadline: Optional[float] = None) -> list[str]:
         """One checkpoint now (sync_now). [] when passthrough or when another node holds the lease."""
-        if self.config.passthrough or self.checkpointer is None:
+        if self.config.passthrough:
             return []
-        return self.checkpointer.checkpoint(deadline, eager=True)
+        if self.role != WRITER or self.checkpointer is None:
+            # Documented choice: a no-op with a warning, like a node that does not hold the lease. The writer
+            # process checkpoints this same root on its own schedule (and at its exit).
+            why = ("this process is a fork() child of the process that called fractfs.init(); that process "
+                   "writes the checkpoints" if self.role == FORKED else
+                   f"process {holder_pid(self.config.state_dir) or '?'} on this node writes the checkpoints "
+                   "for this root")
+            log.warning("fractfs: sync_now() stored nothing: %s", why)
+            return []
+        self.check_volume()
+        try:
+            return self.checkpointer.checkpoint(deadline, eager=True)
+        except (VolumeNotMounted, VolumeChanged) as exc:
+            self._volume_lost(exc)
+            raise
+
+    # -- the Volume -----------------------------------------------------------------------------------
+    def check_volume(self) -> None:
+        """Raise VolumeNotMounted/VolumeChanged while the Volume is missing or replaced; notes the change
+        either way (status, log)."""
+        g = self.volume
+        if g is None:
+            return
+        if self._volume_problem is not None:
+            g.invalidate()  # a store call saw it gone: don't trust an earlier good check
+        try:
+            g.check()
+        except (VolumeNotMounted, VolumeChanged) as exc:
+            self._volume_lost(exc)
+            raise
+        if self._volume_problem is not None:
+            self._volume_problem = None
+            # the next checkpoint renews the lease first (still ours unless another node took it meanwhile)
+            log.warning("fractfs: the Volume %s is back; checkpoints resume", self.config.volume_root)
+            self._persist_status()
+
+    def _volume_lost(self, exc: StoreError) -> None:
+        kind = VOLUME_CHANGED if isinstance(exc, VolumeChanged) else VOLUME_MISSING
+        first = self._volume_problem is None
+        self._volume_problem = (kind, str(exc))
+        if first:
+            log.error("fractfs: checkpoints paused: %s (looking again every %gs)", exc, VOLUME_RETRY)
+            self._persist_status()
 
     def _daemon_tick(self) -> Optional[float]:
         """One background checkpoint; returns a delay when the next one should come sooner than usual."""
@@ -248,11 +455,19 @@ class Runtime:
         if self.closed or cp is None:
             return None
         try:
+            # A missing Volume pauses checkpoints (it is not a failure to back off from, and certainly not a
+            # lost lease): look again soon, and carry on as soon as the same Volume is back.
+            self.check_volume()
             cp.checkpoint(None, eager=False, stopping=lambda: self.closed)
+        except (VolumeNotMounted, VolumeChanged) as exc:
+            self._volume_lost(exc)
+            return VOLUME_RETRY
         except FractfsError:
             if self.closed:  # cut short by the final checkpoint: not a failure worth a retry or a warning
                 log.info("fractfs: background checkpoint stopped for the final one")
                 return None
+            if self._volume_problem is not None:
+                return VOLUME_RETRY
             raise
         return RETRY_SOON if cp.retry_soon else None
 
@@ -297,6 +512,10 @@ class Runtime:
     def _final_pass(self, end: float, caller: int, kind: str) -> dict[str, Any]:
         cp, keeper = self.checkpointer, self.keeper
         assert cp is not None and keeper is not None
+        try:
+            self.check_volume()
+        except (VolumeNotMounted, VolumeChanged) as exc:
+            return {"skipped": f"the Volume is missing: {exc}"}
         if not keeper.may_write(True):
             return {"skipped": "this node does not hold the checkpoint lease"}
         deadline = end - 0.15  # the engine's own deadline, a little inside ours
@@ -361,7 +580,8 @@ class Runtime:
         if self.daemon is not None:
             self.daemon.stop(timeout=None)
         # the heartbeat keeps running through the final checkpoint: its commit needs a valid lease
-        if final_sync and not self.config.passthrough and self.store is not None:
+        if final_sync and not self.config.passthrough and self.store is not None and self.role == WRITER \
+                and self.checkpointer is not None:
             if end - reserve - time.monotonic() > MIN_FINAL:
                 self._bounded_checkpoint(end - reserve, "final")
             else:
@@ -372,6 +592,8 @@ class Runtime:
         self._release_lease(end)
         self._restore_handlers()
         self._persist_status()
+        if self.nodelock is not None:
+            self.nodelock.release()  # last: a standby process takes over from the snapshot just committed
 
     def _release_lease(self, end: float) -> None:
         lease = self.lease
@@ -404,6 +626,8 @@ class Runtime:
 
     def _install_exit_hooks(self) -> None:
         self._register_exit_hook()
+        if self._prev_handlers:
+            return  # already installed (a standby process that took over)
         if threading.current_thread() is not threading.main_thread():
             log.info("fractfs: init() ran outside the main thread; SIGTERM is covered by the exit hook only")
             return
@@ -426,7 +650,7 @@ class Runtime:
         self._prev_handlers = {}
 
     def _at_exit(self) -> None:
-        if self.closed:
+        if self.closed or self.role == FORKED:
             return
         _join_app_threads()
         # without the daemon (start_daemon=False) the app checkpoints by hand; exit only gives the lease back
@@ -434,6 +658,9 @@ class Runtime:
 
     def _on_signal(self, signum: int, frame: Optional[FrameType]) -> None:
         prev = self._prev_handlers.get(signum, signal.SIG_DFL)
+        if self.role == FORKED:
+            self._chain(signum, frame, prev)  # the parent saves; this child just behaves as without fractfs
+            return
         if self._in_signal:
             log.info("fractfs: signal %d while handling another; ignored until the checkpoint is done", signum)
             return
@@ -453,6 +680,10 @@ class Runtime:
                 self._bounded_checkpoint(self._budget_end(self._signal_time), "signal")
         finally:
             self._in_signal = False
+        self._chain(signum, frame, prev)
+
+    @staticmethod
+    def _chain(signum: int, frame: Optional[FrameType], prev: _SignalHandler) -> None:
         # chain to what was installed before us, so the app's own handler and exit code are unchanged
         if callable(prev):
             prev(signum, frame)
@@ -482,8 +713,11 @@ class Runtime:
         warnings = list(self.warnings)
         if lease is not None and lease["state"] == "standby" and not self.closed:
             warnings.append(self._standby_message())
-        # redact_value: a Volume URL may carry user:secret@ (docs/security.md); status.json is written from this
-        return redact_value({
+        if self.role != WRITER and not self.closed:
+            warnings.append("this process does not write checkpoints: " + (
+                "it is a fork() child of the process that called fractfs.init()" if self.role == FORKED else
+                f"process {holder_pid(cfg.state_dir) or '?'} on this node is the writer for this root"))
+        st: dict[str, Any] = {
             "initialized": True,
             **cfg.summary(),
             # the mode in use: watch falls back to interval without inotify; "manual" when sync_interval is 0
@@ -504,12 +738,29 @@ class Runtime:
             "provision": report,
             "restore": self.restore_info,
             "warnings": warnings,
-        })
+            "process_role": self.role,
+        }
+        # status() only reads: what the daemon, sync_now and the final pass found (check_volume), or what the
+        # lease heartbeat just ran into (it often notices a lost Volume first)
+        volume, store_error = self._volume_problem, None
+        if self.keeper is not None and self.keeper.failing and self.lease is not None:
+            exc = self.keeper.last_exc
+            if isinstance(exc, (VolumeNotMounted, VolumeChanged)):
+                volume = volume or (VOLUME_CHANGED if isinstance(exc, VolumeChanged) else VOLUME_MISSING, str(exc))
+            else:
+                store_error = self.lease.last_error
+        problems = [] if cfg.passthrough else assess(
+            st, volume=volume, lease_lost=self._lease_lost, store_error=store_error)
+        st["healthy"] = not problems
+        st["problems"] = problems
+        # redact_value: a Volume URL may carry user:secret@ (docs/security.md); status.json is written from this
+        redacted: dict[str, Any] = redact_value(st)
+        return redacted
 
     def _persist_status(self) -> None:
         """status() as JSON in the state dir, for the `fractfs` command running in another process."""
-        if self.config.passthrough:
-            return
+        if self.config.passthrough or self.role != WRITER:
+            return  # status.json describes the writer process: standbys and fork() children leave it alone
         try:
             st = self.status()
             st["initialized"] = not self.closed
@@ -538,3 +789,11 @@ def _join_app_threads() -> None:
 
 def load(root: Optional[Union[str, "os.PathLike[str]"]]) -> Config:
     return load_config(Path(os.fspath(root)) if root is not None else None)
+
+
+def _after_fork_in_child() -> None:
+    for rt in list(_live):
+        rt._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

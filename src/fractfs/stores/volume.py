@@ -77,6 +77,11 @@ class VolumeGuard:
         return self._identity
 
     # -- the check --------------------------------------------------------------------------------------------
+    def invalidate(self) -> None:
+        """Forget the last good check, so the next call looks at the Volume again (a call just failed in a way
+        that says the Volume went away within the ``ttl``)."""
+        self._ok_until = 0.0
+
     def check(self) -> None:
         """Raise VolumeNotMounted/VolumeChanged unless the Volume is present and still the same one."""
         if time.monotonic() < self._ok_until:
