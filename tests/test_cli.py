@@ -587,3 +587,19 @@ def test_fuse_volume_explain_says_the_pin_is_impossible(tmp_path: Path, fuse_vol
     assert doc["checkpointed"] is False
     proc = a.cli("doctor")
     assert any(ln.startswith("warn  Volume: refuses symlinks, so 2 pin(s)") for ln in proc.stdout.splitlines())
+
+
+def test_status_health_and_exit_code_for_a_monitor(app: App) -> None:
+    """`fractfs status` is what a monitor polls: healthy -> exit 0 and 'health ok'; the Volume gone -> exit 1,
+    'UNHEALTHY' with the problem's kind, and the same under --json."""
+    assert "health      ok" in app.cli("status").stdout
+    assert app.cli_json("status")["healthy"] is True
+    Path(app.volume).rename(str(app.volume) + ".away")
+    try:
+        out = app.cli("status", expect=1).stdout
+        assert "health      UNHEALTHY" in out and "  - volume-missing: " in out, out
+        st = app.cli_json("status", expect=1)
+        assert st["healthy"] is False and [p["kind"] for p in st["problems"]] == ["volume-missing"], st["problems"]
+    finally:
+        Path(str(app.volume) + ".away").rename(app.volume)
+    assert app.cli_json("status")["healthy"] is True

@@ -14,7 +14,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Optional, TypedDict, cast
 
-from .errors import FractfsError, StoreNotFound
+from .errors import FractfsError, StoreNotFound, VolumeNotMounted
+from .health import STORE_ERROR, VOLUME_MISSING, problem
 from .layout import DirStatus, DirView, dir_state
 from .provision import Capabilities, plan_pins, probe_volume
 from .selection import load_bundle
@@ -192,6 +193,8 @@ class OfflineStatus(ConfigSummary):
     lease: Optional[LeaseView]
     app: Optional[AppView]
     warnings: list[str]
+    healthy: bool  #: False when any problem below stands (`fractfs status` then exits 1)
+    problems: list[dict[str, str]]  #: ``{kind, message}``: the running app's own, plus what is seen from here
 
 
 def iso_utc(ts: Optional[float]) -> Optional[str]:
@@ -317,6 +320,8 @@ def offline_status(config: Config, *, probe: bool = True) -> OfflineStatus:
         "lease": None,
         "app": None,
         "warnings": warnings,
+        "healthy": True,
+        "problems": [],
     }
     app = read_app_status(config)
     if app is not None:
@@ -364,7 +369,15 @@ def offline_status(config: Config, *, probe: bool = True) -> OfflineStatus:
     except FractfsError as exc:
         st["store_error"] = str(exc)
         warnings.append(f"store: {exc}")
+        volume_gone = isinstance(exc, VolumeNotMounted)
+        st["problems"].append(problem(VOLUME_MISSING if volume_gone else STORE_ERROR, str(exc)))
     st["lease"] = read_lease(store)
+    if caps is not None and not caps.exists and not any(p["kind"] == VOLUME_MISSING for p in st["problems"]):
+        st["problems"].append(problem(VOLUME_MISSING, caps.error or f"the Volume {config.dirs_root} is missing"))
+    if app is not None and app["alive"]:
+        # what only the running app knows (lease lost, files not stored, failing checkpoints ...)
+        st["problems"].extend(p for p in app.get("problems") or () if p not in st["problems"])
+    st["healthy"] = not st["problems"]
     return st
 
 

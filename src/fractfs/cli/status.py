@@ -12,7 +12,8 @@ from .output import Out, plural, when
 HELP = "configuration, tiers, store, last snapshot, warnings and lease"
 DESCRIPTION = (
     "Configuration, tiers, store, last snapshot, warnings and lease, read from outside the app (no daemon "
-    "is started). Probes the Volume like init() does. Exit 1 if the store cannot be read.")
+    "is started). Probes the Volume like init() does. Exit 1 if the store cannot be read or anything is "
+    "unhealthy (the problems are listed, and under `problems` in --json).")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -25,7 +26,9 @@ def run(args: argparse.Namespace, out: Out) -> int:
         out.json(st)
     else:
         show(st, out)
-    return EXIT_PROBLEM if st["store_error"] else EXIT_OK
+    # a monitor polls this: 1 whenever something needs a human (the store unreadable, the Volume gone, the
+    # app reporting a problem), with the problems listed
+    return EXIT_PROBLEM if st["store_error"] or not st["healthy"] else EXIT_OK
 
 
 def show(st: OfflineStatus, out: Out) -> None:
@@ -70,6 +73,12 @@ def show(st: OfflineStatus, out: Out) -> None:
                 "the final one at exit)")
     out.line(f"sync        {sync}, content_hash {'on' if st['content_hash'] else 'off'}")
     _app(st, out)
+    if st["healthy"]:
+        out.line("health      ok")
+    else:
+        out.line("health      UNHEALTHY")
+        for p in st["problems"]:
+            out.line(f"  - {p['kind']}: {p['message']}")
     if st["warnings"]:
         out.line("warnings")
         for w in st["warnings"]:
