@@ -164,5 +164,13 @@ def walk_digest(areas: dict[str, Path], walked: WalkResult, side: list[tuple[str
     return hashlib.sha256(marshal.dumps(payload, 2)).hexdigest()
 
 
+def records_digest(records: dict[str, list[Rec]]) -> str:
+    """Fingerprint of the walk records alone, in any order: a restore computes it from what it wrote (see
+    statcache.seed) and the first checkpoint after it from its walk; equal means the tree is what the
+    restore left."""
+    payload = [(a, sorted(recs)) for a, recs in sorted(records.items()) if recs]
+    return hashlib.sha256(marshal.dumps(payload, 2)).hexdigest()
+
+
 def fresh_side(areas: dict[str, Path], dbs: list[tuple[str, str]]) -> list[tuple[str, str, Any]]:
     return [(a, r, sidecar_facts(os.path.join(os.fspath(areas[a]), r))) for a, r in dbs if a in areas]
