@@ -13,6 +13,7 @@ import threading
 
 from ..errors import CorruptCheckpointError, FractfsError, StoreNotFound
 from ..stores.base import Store
+from . import gcpause
 from .format import (
     SNAPSHOTS,
     Manifest,
@@ -132,7 +133,8 @@ def load(store: Store, name: SnapName) -> Manifest:
     except StoreNotFound:
         raise CorruptCheckpointError(f"{name.key}: listed but gone (deleted while reading?)") from None
     try:
-        return decode_manifest(name, data)
+        with gcpause.paused():  # one entry object per file, all kept: see gcpause
+            return decode_manifest(name, data)
     except UnknownFormatError:
         raise
     except CorruptCheckpointError as exc:
@@ -144,7 +146,8 @@ def load(store: Store, name: SnapName) -> Manifest:
             raise exc from None
         if again == data:
             raise
-        m = decode_manifest(name, again)
+        with gcpause.paused():
+            m = decode_manifest(name, again)
         log.warning("fractfs: snapshot %s failed verification once and passed on a second read (damaged in "
                     "transit, not on the store)", name.id)
         return m

@@ -26,7 +26,7 @@ from typing import Any, Callable, Union
 from ..localfile import hash_file, unlink_if_present
 from ..errors import RestoreError, StoreError, StoreNotFound
 from ..stores.base import Store
-from . import catalog, statcache, unrestored
+from . import catalog, gcpause, statcache, unrestored
 from .format import DIR, SQLITE_SIDECARS, SYMLINK, Entry, Manifest, object_key, pack_key, valid_area
 from .scan import TMP_PREFIX, Want
 from .xfer import get_blobs, has_batch_get
@@ -481,8 +481,12 @@ class _Writer:
         clobbered: the tree is then merged into it file by file, without replacing anything."""
         under: dict[str, list[tuple[Entry, str]]] = {}
         tops = {final for _tmp, final in trees}
+        top_of: dict[str, str] = {}  # parent directory -> its tree: one lookup per directory, not per file
         for e, dest in self.direct:
-            top = self.plan.tree_of(dest, tops)
+            parent = dest.rpartition("/")[0]
+            top = top_of.get(parent)
+            if top is None:
+                top = top_of[parent] = self.plan.tree_of(dest, tops)
             under.setdefault(top, []).append((e, dest))
         for tmp, final in trees:
             entries = under.get(final, [])
@@ -494,8 +498,8 @@ class _Writer:
             else:
                 why = ""
             if placed:
-                self.restored.extend(e.label for e, _dest in entries)
-                self.bytes += sum(e.size for e, _dest in entries)
+                self.restored.extend([f"{e.area}:{e.path}" for e, _dest in entries])
+                self.bytes += sum([e.size for e, _dest in entries])
                 self.touched_dirs.add(os.path.dirname(final))
                 continue
             if why:
@@ -691,6 +695,14 @@ def restore(
     to restore when the caller has already loaded it (verified, e.g. by ``catalog.newest_valid``), so it is not
     fetched and decoded a second time; the caller then reports any fallback itself.
     """
+    with gcpause.paused():  # a cold start makes a few objects per file and keeps them all: see gcpause
+        return _restore(store, areas, snapshot_id=snapshot_id, overwrite=overwrite, dry_run=dry_run,
+                        transfers=transfers, want=want, state_dir=state_dir, manifest=manifest)
+
+
+def _restore(store: Store, areas: dict[str, Path], *, snapshot_id: str | None, overwrite: bool, dry_run: bool,
+             transfers: int, want: Want | None, state_dir: PathLike | None, manifest: Manifest | None,
+             ) -> RestoreResult:
     t0 = time.monotonic()
     res = RestoreResult()
     m: Manifest | None
