@@ -519,3 +519,28 @@ def test_directory_appearing_during_restore_is_merged_never_clobbered(tmp_path: 
     assert (dst["root"] / "sub" / "mine").read_text() == "theirs too"
     assert (dst["root"] / "sub" / "deep" / "c").read_text() == "restored deep/c"
     assert temp_leftovers(dst["root"]) == [] and not out.errors
+
+
+_GOOD_FILE = {"area": "root", "path": "a/b.txt", "type": "file", "mode": 0o644, "size": 5, "mtime_ns": 1,
+              "sha256": "a" * 64, "pack": "b" * 64, "offset": 0, "length": 5}
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("length", True), ("length", 4), ("size", True), ("mode", 0o10000), ("mode", -1), ("mtime_ns", 1.5),
+    ("offset", -1), ("path", "a//b"), ("path", "./a"), ("path", "a/.."), ("path", "a/./b"), ("path", "/a"),
+    ("path", "a/"), ("path", "a\x00b"), ("path", ""), ("sha256", "A" * 64), ("pack", "b" * 63),
+    ("sqlite", 1), ("object", "c" * 64), ("area", "no spaces"),
+])
+def test_manifest_decode_fast_path_refuses_what_the_checks_refuse(field: str, value: Any) -> None:
+    """decode_manifest parses the common file entry on a fast path: it must refuse exactly what
+    entry_from_json refuses."""
+    from fractfs.snapshot.format import BadEntry, decode_manifest, entry_from_json
+
+    bad = dict(_GOOD_FILE, **{field: value})
+    with pytest.raises(BadEntry):
+        entry_from_json(bad)
+    doc = {"format": FORMAT_NAME, "version": 1, "seq": 1, "created_ns": 1, "node": "n", "parent": None,
+           "entries": [_GOOD_FILE, bad]}
+    data = gzip.compress(json.dumps(doc).encode(), mtime=0)
+    m = decode_manifest(SnapName(1, hashlib.sha256(data).hexdigest()), data)
+    assert [e.path for e in m.entries] == ["a/b.txt"] and len(m.bad) == 1
