@@ -523,24 +523,34 @@ def test_directory_appearing_during_restore_is_merged_never_clobbered(tmp_path: 
 
 _GOOD_FILE = {"area": "root", "path": "a/b.txt", "type": "file", "mode": 0o644, "size": 5, "mtime_ns": 1,
               "sha256": "a" * 64, "pack": "b" * 64, "offset": 0, "length": 5}
+_EMPTY_FILE = {"area": "root", "path": "a/b.txt", "type": "file", "mode": 0o644, "size": 0, "mtime_ns": 1,
+               "sha256": "e" * 64}
 
 
 @pytest.mark.parametrize(("field", "value"), [
     ("length", True), ("length", 4), ("size", True), ("mode", 0o10000), ("mode", -1), ("mtime_ns", 1.5),
     ("offset", -1), ("path", "a//b"), ("path", "./a"), ("path", "a/.."), ("path", "a/./b"), ("path", "/a"),
     ("path", "a/"), ("path", "a\x00b"), ("path", ""), ("sha256", "A" * 64), ("pack", "b" * 63),
-    ("sqlite", 1), ("object", "c" * 64), ("area", "no spaces"),
+    ("sqlite", 1), ("object", "c" * 64), ("area", "no spaces"), ("pack", None), ("pack", 0), ("mode", True),
+    ("mtime_ns", True), ("offset", True),
 ])
-def test_manifest_decode_fast_path_refuses_what_the_checks_refuse(field: str, value: Any) -> None:
-    """decode_manifest parses the common file entry on a fast path: it must refuse exactly what
-    entry_from_json refuses."""
+@pytest.mark.parametrize("good", [_GOOD_FILE, _EMPTY_FILE], ids=["packed", "empty"])
+def test_manifest_decode_fast_path_agrees_with_the_checks(field: str, value: Any, good: dict[str, Any]) -> None:
+    """decode_manifest parses the common file entries on a fast path: it must refuse exactly what
+    entry_from_json refuses, and make the same entry of what it accepts."""
     from fractfs.snapshot.format import BadEntry, decode_manifest, entry_from_json
 
-    bad = dict(_GOOD_FILE, **{field: value})
-    with pytest.raises(BadEntry):
-        entry_from_json(bad)
+    bad = dict(good, **{field: value})
+    if value is True and field != "sqlite":
+        bad = dict(bad, size=1, mode=1, mtime_ns=1, offset=1)  # equal to True, yet not an int
+    if good is _EMPTY_FILE and field in ("length", "offset", "pack") and value is not None and value != 0:
+        bad = dict(bad, size=3)  # without a pack these fields are unused: make the entry wrong another way
+    try:
+        expect = [entry_from_json(bad)]
+    except BadEntry:
+        expect = []
     doc = {"format": FORMAT_NAME, "version": 1, "seq": 1, "created_ns": 1, "node": "n", "parent": None,
-           "entries": [_GOOD_FILE, bad]}
+           "entries": [dict(good, path="first"), bad]}
     data = gzip.compress(json.dumps(doc).encode(), mtime=0)
     m = decode_manifest(SnapName(1, hashlib.sha256(data).hexdigest()), data)
-    assert [e.path for e in m.entries] == ["a/b.txt"] and len(m.bad) == 1
+    assert m.entries[1:] == expect and len(m.bad) == 1 - len(expect)

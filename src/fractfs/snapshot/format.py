@@ -242,29 +242,36 @@ _ENTRY_NEW = tuple.__new__
 
 
 def _quick_file_entry(d: Any, areas: set[str]) -> Entry | None:
-    """The common entry, a file in a pack with every field present and well-typed, parsed without the general
-    checks' function calls (a cold start decodes one per file); None for anything else, which
-    :func:`entry_from_json` then parses or refuses with its reasons. Accepts exactly what that function
+    """The common entries, a file in a pack or an empty file, with every field present and well-typed, parsed
+    without the general checks' function calls (a cold start decodes one per file); None for anything else,
+    which :func:`entry_from_json` then parses or refuses with its reasons. Accepts exactly what that function
     accepts for such an entry. ``areas`` holds the area names already found valid."""
     if type(d) is not dict or d.get("type") != FILE or len(d) > 11:
         return None
     area = d.get("area")
     path = d.get("path")
     sha = d.get("sha256")
-    pack = d.get("pack")
+    pack = d.get("pack", "")
     mode = d.get("mode")
     size = d.get("size")
     mtime = d.get("mtime_ns")
-    offset = d.get("offset")
     sqlite = d.get("sqlite", False)
     if (area not in areas or type(path) is not str or not path or path[0] == "/" or "\x00" in path
             or type(mode) is not int or type(size) is not int or type(mtime) is not int
-            or type(offset) is not int or type(sha) is not str or type(pack) is not str
-            or type(d.get("length")) is not int or d.get("length") != size or type(sqlite) is not bool
-            or d.get("object", "") != ""
-            or not 0 <= mode <= 0o7777 or size < 0 or mtime < 0 or offset < 0
-            or _HEX64.match(sha) is None or _HEX64.match(pack) is None):
+            or type(sha) is not str or type(pack) is not str or type(sqlite) is not bool
+            or d.get("object", "") != "" or not 0 <= mode <= 0o7777 or size < 0 or mtime < 0
+            or _HEX64.match(sha) is None):
         return None
+    if pack:
+        offset = d.get("offset")
+        length = d.get("length")
+        if (type(offset) is not int or offset < 0 or type(length) is not int or length != size
+                or _HEX64.match(pack) is None):
+            return None
+    elif size:
+        return None
+    else:
+        offset = 0
     wrapped = f"/{path}/"  # no empty, "." or ".." component, as check_relpath says
     if "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
         return None
