@@ -143,8 +143,9 @@ class _Writer:
         self.failed: list[Entry] = []  # entries not written for a reason other than a local file in the way
         self.bytes = 0
         self.touched_dirs: set[str] = set()
-        #: (area, relpath) -> stat facts of what this restore put there, for the stat cache
-        self.facts: dict[tuple[str, str], statcache.Facts] = {}
+        #: entry -> stat facts of what this restore put there, for the stat cache (keyed by the manifest's own
+        #: Entry objects: no key object per file)
+        self.facts: dict[Entry, statcache.Facts] = {}
         self.run_id = plan.run_id
         self.counter = itertools.count()
         # Files are created with their final mode when the umask leaves it intact, saving an fchmod per file
@@ -280,8 +281,7 @@ class _Writer:
                 self._record_direct(done)
 
     def _record_direct(self, done: list[tuple[Entry, str, os.stat_result]]) -> None:
-        facts = {(e.area, e.path): (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-                 for e, _dest, st in done}
+        facts = {e: (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) for e, _dest, st in done}
         with self.lock:  # once per run, not per file
             self.direct.extend((e, dest) for e, dest, _st in done)
             self.facts.update(facts)
@@ -456,7 +456,7 @@ class _Writer:
             for dest, e in placed:
                 # after the rename, which moves the ctime the stat cache compares
                 try:
-                    facts[(e.area, e.path)] = statcache.stat_facts(os.lstat(dest))
+                    facts[e] = statcache.stat_facts(os.lstat(dest))
                 except OSError:
                     pass
             with self.lock:  # once per run, not per file: 16 threads queueing on it showed in profiles
@@ -538,7 +538,7 @@ class _Writer:
                     pass
         _remove_tree(tmp)
         for e, dest in entries:
-            self.facts.pop((e.area, e.path), None)  # renamed one by one: their ctime moved
+            self.facts.pop(e, None)  # renamed one by one: their ctime moved
             if dest in moved:
                 self.restored.append(e.label)
                 self.bytes += e.size
@@ -835,8 +835,8 @@ class _Planner:
         self.files: list[tuple[Entry, str]] = []  # (entry, final path)
         self.links: list[tuple[Entry, str]] = []
         self.dir_modes: list[tuple[str, int]] = []  # directories we created for a dir entry (final paths)
-        #: (area, relpath) -> st_mode of those directories once their mode is applied, for the stat cache
-        self.dir_facts: dict[tuple[str, str], int] = {}
+        #: entry -> st_mode of those directories once their mode is applied, for the stat cache
+        self.dir_facts: dict[Entry, int] = {}
         self.made_dirs = False
         #: final path of a directory -> where it is now (differs inside a tree still under its temp name)
         self.cur: dict[str, str] = {}
@@ -1009,7 +1009,7 @@ class _Planner:
         mode = e.mode & DIR_MODE_MASK
         self.dir_modes.append((dest, mode))
         if mode == e.mode:  # else the next checkpoint records another mode: let it look
-            self.dir_facts[(e.area, e.path)] = stat.S_IFDIR | mode
+            self.dir_facts[e] = stat.S_IFDIR | mode
 
     def tree_of(self, path: str, tops: set[str]) -> str:
         """The tree (final path of its top) that ``path``, a final path in a fresh directory, belongs to."""
@@ -1209,10 +1209,10 @@ def _place_links(plan: _Planner, w: _Writer, res: RestoreResult) -> None:
         except OSError:
             continue
         if st.st_mtime_ns == e.mtime_ns:  # else (no lutimes here) the next checkpoint records the new mtime
-            w.facts[(e.area, e.path)] = statcache.stat_facts(st)
+            w.facts[e] = statcache.stat_facts(st)
 
 
-def _seed_state(sdir: Path, store: Store, m: Manifest, facts: dict[tuple[str, str], statcache.Facts]) -> None:
+def _seed_state(sdir: Path, store: Store, m: Manifest, facts: dict[Entry, statcache.Facts]) -> None:
     """Tell the stat cache what is now on disk, so the next checkpoint need not re-read restored files.
 
     Every manifest entry is listed (the cache must describe the whole snapshot it claims to match), but only

@@ -27,7 +27,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from ..localfile import unlink_if_present, write_replace
 from .format import FILE, Entry, Manifest
-from .scan import records_digest
+from .scan import RecordsDigest
 
 try:  # POSIX only; the state dir lock is a courtesy on platforms without it
     import fcntl
@@ -214,15 +214,16 @@ class StateLock:
 
 
 def seed(state_dir: Path, m: Manifest, facts_of: Optional[Callable[[Entry], Optional[Facts]]], *,
-         facts: Optional[dict[tuple[str, str], Facts]] = None, snapshot_size: Optional[int] = None) -> None:
+         facts: Optional[dict[Entry, Facts]] = None, snapshot_size: Optional[int] = None) -> None:
     """Describe snapshot ``m`` as now on disk, after a restore wrote (some of) it.
 
     Every manifest entry is listed, since the cache must describe the whole snapshot it claims to match;
-    ``facts_of(entry)``, or ``facts[(area, relpath)]``, gives the stat facts of entries known to match their
-    stored copy, None (absent) for the rest: the next checkpoint re-examines those, and SQLite databases
-    always (their sidecars' facts are not known here). ``snapshot_size``, the manifest's size on the store,
-    lets the next checkpoint trust the cache as describing the store's newest snapshot (see the engine's
-    ``synced``) instead of fetching that manifest again.
+    ``facts_of(entry)``, or ``facts[entry]``, gives the stat facts of entries known to match their stored copy,
+    None (absent) for the rest: the next checkpoint re-examines those, and SQLite databases always (their
+    sidecars' facts are not known here). ``snapshot_size``, the manifest's size on the store, lets the next
+    checkpoint trust the cache as describing the store's newest snapshot (see the engine's ``synced``)
+    instead of fetching that manifest again. When every entry has facts, the header also carries
+    :func:`.scan.records_digest` of them (``expect``): the first checkpoint's walk then only has to match it.
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     raw: RawRows = {}
@@ -230,34 +231,48 @@ def seed(state_dir: Path, m: Manifest, facts_of: Optional[Callable[[Entry], Opti
     files = nbytes = 0
     area = ""
     arows: dict[str, tuple[Any, ...]] = {}
-    # What the next walk must find if nothing changes: every entry, each with its facts. Only when the
-    # restore knows them all (else the next checkpoint compares row by row).
-    expect: Optional[dict[str, list[Any]]] = {} if get is not None else None
-    recs: list[Any] = []
+    # What the next walk must find if nothing changes: every entry with its facts, as walk records. A
+    # manifest fractfs wrote is sorted, so they are digested as they come; any other order is sorted first.
+    digest: Optional[RecordsDigest] = RecordsDigest() if get is not None else None
+    last = ("", "")
+    in_order = True
     # Written flat (plain tuples in CacheRow order, no NamedTuple per row): a cold start seeds every entry.
     for e in m.entries:
         if e.area != area:
             area = e.area
             arows = raw.setdefault(area, {})
-            if expect is not None:
-                recs = expect.setdefault(area, [])
         if e.sqlite:
             f = None
         elif get is not None:
-            f = get((area, e.path))
+            f = get(e)
         else:
             assert facts_of is not None
             f = facts_of(e)
         arows[e.path] = (*e[2:], f, None)
-        if expect is not None:
+        if digest is not None:
             if f is None:
-                expect = None
-            else:
-                recs.append((e.path, *f))
+                digest = None
+            elif in_order:
+                if (area, e.path) > last:
+                    digest.add(area, (e.path, *f))
+                    last = (area, e.path)
+                else:
+                    in_order = False
         if e.type == FILE:
             files += 1
             nbytes += e.size
-    hdr = CacheHeader(snapshot=m.id, snapshot_size=snapshot_size, files=files, bytes=nbytes,
-                      expect=records_digest(expect) if expect is not None else None)
+    expect: Optional[str] = None
+    if digest is not None and get is not None:
+        if not in_order:  # a manifest fractfs did not write: sort (rare, so the simple way)
+            digest = RecordsDigest()
+            recs: list[tuple[str, tuple[Any, ...]]] = []
+            for e in m.entries:
+                f = get(e)
+                assert f is not None  # every entry has facts, or digest would be None
+                recs.append((e.area, (e.path, *f)))
+            for a, rec in sorted(recs):
+                digest.add(a, rec)
+        expect = digest.hexdigest()
+    hdr = CacheHeader(snapshot=m.id, snapshot_size=snapshot_size, files=files, bytes=nbytes, expect=expect)
     with StateLock(state_dir):
         write_raw(state_dir, hdr, raw)
