@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING, Any
 
 from .base import BatchStore, Store, check_key, check_prefix
-from .fsspec import FsspecStore
 from .posix import PosixStore
 from .transfer import get_many, parallel_map, put_many, retry
+
+if TYPE_CHECKING:
+    from .fsspec import FsspecStore
 
 log = logging.getLogger("fractfs")
 
@@ -29,6 +32,16 @@ __all__ = [
     "put_many",
     "retry",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # FsspecStore is imported on first use: with its S3 client it pulls in asyncio, ssl, http and xml (~40 ms
+    # of a cold start), which a node whose Volume is a mounted path never needs.
+    if name == "FsspecStore":
+        from .fsspec import FsspecStore
+
+        return FsspecStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_store(location: str, *, backend: str | None = None, transfers: int = 16) -> Store:
@@ -48,6 +61,8 @@ def open_store(location: str, *, backend: str | None = None, transfers: int = 16
     if backend == "volumes" and location.startswith("/Volumes/") and not _mounted_volume(location):
         return _files_api(location, transfers, "/Volumes is not mounted here")
     if "://" in location:
+        from .fsspec import FsspecStore
+
         return FsspecStore(location)
     return PosixStore(location)
 
