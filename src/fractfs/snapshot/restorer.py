@@ -497,6 +497,7 @@ class _Writer:
                 self.bytes += sum([e.size for e, _dest in entries])
                 self.touched_dirs.add(os.path.dirname(final))
                 continue
+            self.plan.forget_modes_under(final)  # not ours to chmod (merged), or not there (failed)
             if why:
                 for e, _dest in entries:
                     self._fail(e, f"cannot move into place: {why}")
@@ -1021,6 +1022,11 @@ class _Planner:
         trees, self.trees = self.trees, []
         for tmp, _final in trees:
             _remove_tree(tmp)
+
+    def forget_modes_under(self, top: str) -> None:
+        """Leave the directories at and below ``top`` as they are (a tree that could not be renamed there)."""
+        below = top.rstrip("/") + "/"
+        self.dir_modes = [(p, m) for p, m in self.dir_modes if p != top and not p.startswith(below)]
 
     def apply_dir_modes(self) -> None:
         # deepest first, after all writes: a read-only directory must not block filling it
