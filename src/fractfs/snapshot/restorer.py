@@ -208,7 +208,7 @@ class _Writer:
 
         The hot loop of a cold restore, hence flat and with local names: files in a directory the restore made
         are written in place through a directory fd (open, write, futimens, fstat, close: the fstat gives the
-        stat cache its facts); the rest go through :meth:`write_bytes`.
+        stat cache its facts); the rest are staged in temp files (:meth:`_write_staged`).
         """
         plan_cur = self.plan.cur
         fresh = self.plan.fresh
