@@ -577,3 +577,28 @@ def test_restore_of_an_unsorted_manifest_still_seeds_a_walk_only_checkpoint(tmp_
     monkeypatch.setattr(diff, "compare", lambda *_a, **_k: pytest.fail("compared row by row"))
     res = checkpoint(store, dst, everything, state_dir=tmp_path / "s")
     assert res.snapshot_id is None and res.files == 4
+
+
+def test_first_checkpoint_after_a_restore_into_existing_directories_skips_the_full_compare(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the restore's fingerprint (a directory already existed, so its facts are not the restore's), the
+    first checkpoint still confirms the tree from the cache rows alone, and still sees a change."""
+    from fractfs.snapshot import diff, statcache
+
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    for i in range(8):
+        write(src["root"], f"a/f{i}", f"content {i}")
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    dst = _areas(tmp_path, "fresh")
+    (dst["root"] / "a").mkdir(parents=True)
+    restore(store, dst, state_dir=tmp_path / "s")
+    hdr, _ = statcache.read_header(tmp_path / "s")
+    assert hdr is not None and hdr.expect is None and hdr.snapshot_size
+    with monkeypatch.context() as mp:
+        mp.setattr(diff, "compare", lambda *_a, **_k: pytest.fail("compared with the base snapshot"))
+        res = checkpoint(store, dst, everything, state_dir=tmp_path / "s")
+    assert res.snapshot_id is None and res.files == 8
+    write(dst["root"], "a/f1", "edited")
+    res = checkpoint(store, dst, everything, state_dir=tmp_path / "s")
+    assert res.stored == ["root:a/f1"]
