@@ -3,7 +3,7 @@
     python benchmarks/cold_start.py [--sizes 20000,100000] [--s3-sizes 10000,100000]
                                     [--scale-sizes 10000,100000] [--million] [--max-files N]
                                     [--cases posix,s3,checkpoint,scale] [--volumes disk,tmpfs] [--node disk]
-                                    [--reps 5] [--quick] [--json FILE]
+                                    [--reps 5] [--quick] [--json FILE] [--baseline SRC]
 
 A cold start is a node with the app's code and ``.fractfs.toml`` and nothing else: ``init()`` must restore the
 last snapshot before it returns, so its time is the app's downtime. Every measurement here is a fresh
@@ -35,7 +35,9 @@ each, 40 files per leaf directory):
 
 The checkpoint, s3 and scale cases work on the local disk, or with ``--node tmpfs`` on the tmpfs (node
 directory and local Volume alike), which keeps a disk shared with other jobs out of the figures.
-``--quick`` is the CI smoke run: a few hundred files, one repetition, every case, well under a minute.
+``--baseline SRC`` adds another checkout's ``src`` (e.g. ``git archive <commit> src``) as a fourth tool,
+"fractfs before", restoring the same Volumes in the same rotation: a before/after comparison from one run
+on a shared, noisy machine. ``--quick`` is the CI smoke run: a few hundred files, one repetition, every case, well under a minute.
 """
 from __future__ import annotations
 
@@ -74,6 +76,9 @@ from _bench import (
 import _services  # tests/_services.py: SeaweedFS and the tmpfs mount helpers the test suite uses
 
 FRACTFS = "fractfs init()"
+BEFORE = "fractfs before"
+#: --baseline: the src directory of the code to compare with (None: no such column)
+BASELINE: Path | None = None
 TAR = "tar -xf"
 CP = "cp -a"
 S5CMD = "s5cmd cp"
@@ -126,12 +131,14 @@ fractfs.shutdown(final_sync=False)
 class App:
     """Cold nodes of one app: a fresh root holding only .fractfs.toml and a fresh scratch per run."""
 
-    def __init__(self, work: Path, volume_root: str, backend: str, extra_env: dict[str, str] | None = None):
+    def __init__(self, work: Path, volume_root: str, backend: str, extra_env: dict[str, str] | None = None,
+                 src: Path = SRC):
         self.work = work
         self.volume_root = volume_root
         self.backend = backend
+        self.src = src
         env = {k: v for k, v in os.environ.items() if not k.lower().startswith("fractfs_")}
-        env["PYTHONPATH"] = os.pathsep.join([os.fspath(SRC), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join([os.fspath(src), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env.update(extra_env or {})
         self.env = env
 
@@ -165,8 +172,8 @@ class App:
             cmd = [sys.executable, "-c", CHILD] + (["--checkpoints"] if checkpoints else [])
             run = run_child(cmd, env=env, cwd=root)
             out: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
-            if not str(out["module"]).startswith(os.fspath(SRC)):
-                raise SystemExit(f"the child imported {out['module']}, not this checkout's {SRC}")
+            if not str(out["module"]).startswith(os.fspath(self.src)):
+                raise SystemExit(f"the child imported {out['module']}, not {self.src}")
             restored = (out.get("restore") or {}).get("restored")
             if restored != files or count_files(root)[0] != files + 1:
                 raise SystemExit(f"cold init() restored {restored} files into {root}, expected {files}: {out}")
@@ -199,6 +206,18 @@ def check_same(src: Path, dest: Path, tool: str) -> None:
     bad = [k for k in a if a[k].read_bytes() != b[k].read_bytes()]
     if bad:
         raise SystemExit(f"{tool}: {len(bad)} files differ, e.g. {bad[:3]}")
+
+
+def before(app: App) -> App | None:
+    """The same app run by the --baseline code, or None."""
+    if BASELINE is None:
+        return None
+    return App(app.work, app.volume_root, app.backend, src=BASELINE,
+               extra_env={k: v for k, v in app.env.items() if k.startswith(("AWS_", "fractfs_"))})
+
+
+def with_before(tools: list[str]) -> list[str]:
+    return tools + ([BEFORE] if BASELINE is not None else [])
 
 
 def rotate(tools: list[str], rep: int) -> list[str]:
@@ -235,21 +254,24 @@ def posix_case(res: Results, vol_kind: str, base: Path, n: int, reps: int) -> No
     subprocess.run(["tar", "-cf", os.fspath(tarball), "-C", os.fspath(src), "."], check=True)
     say(f"posix {vol_kind}: {n} files, {nbytes / MiB:.0f} MiB, tree + tar made in {time.perf_counter() - t:.1f}s")
     app = App(work, os.fspath(vol), "local")
+    old = before(app)
     app.seed(src, n)
     case = f"cold init {n} ({vol_kind})"
     res.info[case] = {"bytes": nbytes, "volume": os.fspath(vol)}
     try:
         for rep in range(reps):
-            for tool in rotate([FRACTFS, TAR, CP], rep):
+            for tool in rotate(with_before([FRACTFS, TAR, CP]), rep):
                 dest = work / f"dest-{rep}"
-                if tool == FRACTFS:
-                    dt, _, _ = app.cold_init(n, check_against=src if rep == 0 else None)
+                if tool in (FRACTFS, BEFORE):
+                    runner = app if tool == FRACTFS else old
+                    assert runner is not None
+                    dt, _, _ = runner.cold_init(n, check_against=src if rep == 0 else None)
                 elif tool == TAR:
                     dest.mkdir()
                     dt = whole(["tar", "-xf", os.fspath(tarball), "-C", os.fspath(dest)])
                 else:
                     dt = whole(["cp", "-a", os.fspath(src), os.fspath(dest)])
-                if tool != FRACTFS:
+                if tool not in (FRACTFS, BEFORE):
                     if rep == 0:
                         check_same(src, dest, tool)
                     elif count_files(dest)[0] != n:
@@ -259,6 +281,8 @@ def posix_case(res: Results, vol_kind: str, base: Path, n: int, reps: int) -> No
     finally:
         drop_tree(work)
     res.rows += [(case, FRACTFS, TAR, "tar"), (case, FRACTFS, CP, "cp")]
+    if old is not None:
+        res.rows += [(case, BEFORE, TAR, "tar")]
 
 
 def checkpoint_case(res: Results, base: Path, n: int, reps: int) -> None:
@@ -275,12 +299,18 @@ def checkpoint_case(res: Results, base: Path, n: int, reps: int) -> None:
         subprocess.run(["git", *cmd], cwd=repo, env=git_env, check=True, capture_output=True)
     say(f"checkpoint: {n} files committed to a git repo in {time.perf_counter() - t:.1f}s")
     app = App(work, os.fspath(vol), "local")
+    old = before(app)
     app.seed(src, n)
     first, noop = f"first checkpoint after cold init {n}", f"no-op checkpoint after it {n}"
     try:
         for rep in range(reps):
-            for tool in rotate([FRACTFS, GIT], rep):
-                if tool == FRACTFS:
+            for tool in rotate(with_before([FRACTFS, GIT]), rep):
+                if tool == BEFORE:
+                    assert old is not None
+                    _, out, _ = old.cold_init(n, checkpoints=True)
+                    res.add(first, BEFORE, out["first_s"])
+                    res.add(noop, BEFORE, out["noop_s"])
+                elif tool == FRACTFS:
                     _, out, _ = app.cold_init(n, checkpoints=True)
                     res.add(first, FRACTFS, out["first_s"])
                     res.add(noop, FRACTFS, out["noop_s"])
@@ -300,6 +330,8 @@ def checkpoint_case(res: Results, base: Path, n: int, reps: int) -> None:
     finally:
         drop_tree(work)
     res.rows += [(first, FRACTFS, GIT, "git-first"), (noop, FRACTFS, GIT, "git-noop")]
+    if old is not None:
+        res.rows += [(first, BEFORE, GIT, "git-first"), (noop, BEFORE, GIT, "git-noop")]
 
 
 def s3_case(res: Results, base: Path, sizes: list[int], reps: int) -> None:
@@ -334,12 +366,15 @@ def s3_case(res: Results, base: Path, sizes: list[int], reps: int) -> None:
                 run_child([s5, "--endpoint-url", server.endpoint, "cp", f"{src}/*", f"s3://{bucket}/plain/"],
                           env=env)
                 app = App(work, f"s3://{bucket}/ff", "s3", dict(server.env, AWS_EC2_METADATA_DISABLED="true"))
+                old = before(app)
                 app.seed(src, n)
                 case = f"cold init {n} (S3)"
                 for rep in range(reps):
-                    for tool in rotate([FRACTFS, S5CMD], rep):
-                        if tool == FRACTFS:
-                            dt, _, _ = app.cold_init(n, check_against=src if rep == 0 else None)
+                    for tool in rotate(with_before([FRACTFS, S5CMD]), rep):
+                        if tool in (FRACTFS, BEFORE):
+                            runner = app if tool == FRACTFS else old
+                            assert runner is not None
+                            dt, _, _ = runner.cold_init(n, check_against=src if rep == 0 else None)
                         else:
                             dest = work / f"dest-{rep}"
                             dest.mkdir()
@@ -352,6 +387,8 @@ def s3_case(res: Results, base: Path, sizes: list[int], reps: int) -> None:
                             drop_tree(dest)
                         res.add(case, tool, dt)
                 res.rows.append((case, FRACTFS, S5CMD, "s5cmd"))
+                if old is not None:
+                    res.rows.append((case, BEFORE, S5CMD, "s5cmd"))
             finally:
                 drop_tree(work)
                 server.delete_bucket(bucket)
@@ -371,14 +408,20 @@ def scale_case(res: Results, base: Path, sizes: list[int], reps: int) -> None:
         subprocess.run(["tar", "-cf", os.fspath(tarball), "-C", os.fspath(src), "."], check=True)
         say(f"scale: {n} empty files made in {time.perf_counter() - t:.1f}s")
         app = App(work, os.fspath(vol), "local")
+        old = before(app)
         case = f"scale {n}"
         rss: list[float] = []
+        rss_before: list[float] = []
         init_in_process: list[float] = []
         try:
             app.seed(src, n)
             for rep in range(reps if n < 1_000_000 else 1):
-                for tool in rotate([FRACTFS, TAR], rep):
-                    if tool == FRACTFS:
+                for tool in rotate(with_before([FRACTFS, TAR]), rep):
+                    if tool == BEFORE:
+                        assert old is not None
+                        dt, out, peak = old.cold_init(n)
+                        rss_before.append(peak)
+                    elif tool == FRACTFS:
                         dt, out, peak = app.cold_init(n)
                         rss.append(peak)
                         init_in_process.append(out["init_s"])
@@ -392,7 +435,9 @@ def scale_case(res: Results, base: Path, sizes: list[int], reps: int) -> None:
             drop_tree(work)
         res.scale.append({"files": n, "fractfs_s": res.samples.median(case, FRACTFS),
                           "init_in_process_s": sorted(init_in_process)[len(init_in_process) // 2],
-                          "tar_s": res.samples.median(case, TAR), "peak_rss_mib": max(rss)})
+                          "tar_s": res.samples.median(case, TAR), "peak_rss_mib": max(rss),
+                          "before_s": res.samples.median(case, BEFORE) if rss_before else None,
+                          "before_rss_mib": max(rss_before) if rss_before else None})
 
 
 # -- report ------------------------------------------------------------------------------------------------
@@ -402,7 +447,7 @@ def main_table(res: Results) -> str:
     for case, ff, peer, kind in res.rows:
         f, p = res.samples.median(case, ff), res.samples.median(case, peer)
         peer_name = GIT + (" (first, after clone)" if kind == "git-first" else " (again)") if peer == GIT else peer
-        ff_name = "sync_now()" if peer == GIT else ff
+        ff_name = ("sync_now()" if peer == GIT else FRACTFS) + (" (before)" if ff == BEFORE else "")
         rows.append([case, ff_name, fmt_s(f), peer_name, fmt_s(p), fmt_ratio(f / p if f and p else None),
                      TARGETS[kind], ISSUE_TODAY.get(kind, "-")])
     return table(rows, ["case", "fractfs", "median s", "peer", "median s", "fractfs / peer", "target",
@@ -426,10 +471,13 @@ def scale_table(res: Results) -> str:
             marginal = (s["fractfs_s"] - prev["fractfs_s"]) / (n - prev["files"]) * 1e6
             marginals.append(marginal)
             rss_per = (s["peak_rss_mib"] - prev["peak_rss_mib"]) / (n - prev["files"]) * MiB
-        rows.append([f"{n}", fmt_s(s["fractfs_s"]), fmt_s(s["init_in_process_s"]), f"{per:.0f}",
-                     "-" if marginal is None else f"{marginal:.0f}", f"{s['peak_rss_mib']:.0f}",
-                     "-" if rss_per is None else f"{rss_per:.0f}", fmt_s(s["tar_s"]),
-                     fmt_ratio(s["fractfs_s"] / s["tar_s"] if s["tar_s"] else None)])
+        row = [f"{n}", fmt_s(s["fractfs_s"]), fmt_s(s["init_in_process_s"]), f"{per:.0f}",
+               "-" if marginal is None else f"{marginal:.0f}", f"{s['peak_rss_mib']:.0f}",
+               "-" if rss_per is None else f"{rss_per:.0f}", fmt_s(s["tar_s"]),
+               fmt_ratio(s["fractfs_s"] / s["tar_s"] if s["tar_s"] else None)]
+        if BASELINE is not None:
+            row += [fmt_s(s.get("before_s")), "-" if s.get("before_rss_mib") is None else f"{s['before_rss_mib']:.0f}"]
+        rows.append(row)
         prev = s
     first, last = res.scale[0], res.scale[-1]
     verdict = []
@@ -449,6 +497,8 @@ def scale_table(res: Results) -> str:
         verdict.append(f"1M files: peak RSS {last['peak_rss_mib']:.0f} MiB ({'under' if ok else 'OVER'} 1 GiB)")
     header = ["files (empty)", "fractfs s (median)", "init() in-process s", "us / file",
               "marginal us / file", "peak RSS MiB", "RSS bytes / extra file", "tar -xf s", "fractfs / tar"]
+    if BASELINE is not None:
+        header += ["before s", "before peak RSS MiB"]
     return table(rows, header) + "\n\n" + "\n".join(f"- {v}" for v in verdict)
 
 
@@ -475,7 +525,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5, help="repetitions per tool and case (default 5; 3 at 100 000+)")
     ap.add_argument("--quick", action="store_true", help="smoke run: a few hundred files, 1 repetition")
     ap.add_argument("--json", type=Path, help="also write every sample and the scale curve to this file")
+    ap.add_argument("--baseline", type=Path, help="src directory of other fractfs code to run beside this one")
     args = ap.parse_args(argv)
+    global BASELINE
+    if args.baseline is not None:
+        BASELINE = args.baseline.resolve()
+        if not (BASELINE / "fractfs" / "__init__.py").is_file():
+            raise SystemExit(f"--baseline {args.baseline}: not a src directory holding fractfs/")
 
     cases = {c.strip() for c in args.cases.split(",") if c.strip()}
     volumes = [v.strip() for v in args.volumes.split(",") if v.strip()]

@@ -40,11 +40,11 @@ def snapshot_tree(top: Path, *, skip: tuple[Path, ...] = ()) -> dict[str, tuple[
 
 
 def temp_files(*tops: Path) -> list[str]:
-    """Restore temp files (``.fractfs-tmp-*``) left anywhere under ``tops``."""
+    """Restore temp files and directory trees (``.fractfs-tmp-*``) left anywhere under ``tops``."""
     found = []
     for top in tops:
-        for dirpath, _dirs, files in os.walk(top):
-            found += [os.path.join(dirpath, f) for f in files if f.startswith(".fractfs-tmp-")]
+        for dirpath, dirs, files in os.walk(top):
+            found += [os.path.join(dirpath, f) for f in files + dirs if f.startswith(".fractfs-tmp-")]
     return found
 
 

@@ -406,3 +406,205 @@ def test_objects_missing_identical_or_with_masked_mode_bits(tmp_path: Path) -> N
     assert temp_leftovers(dst["root"]) == [] and not (dst["root"] / "lost").exists()
     again = restore(store, dst, overwrite=True)
     assert sorted(again.skipped_existing) == ["root:kept", "root:packed"], again
+
+
+# -- new directories are built under a temp name and renamed into place whole (issue 13) ---------------------
+
+_CRASH_AT_FLUSH = r"""
+import os, sys
+from pathlib import Path
+from fractfs.snapshot import restorer
+from fractfs.stores import PosixStore
+restorer._flush_filesystems = lambda roots: os._exit(9)  # the power cut: everything written, nothing placed
+restorer.restore(PosixStore(Path(sys.argv[1])), {"root": Path(sys.argv[2])})
+"""
+
+
+def test_restore_killed_before_placing_leaves_no_final_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    import sys
+
+    import fractfs
+    from fractfs.snapshot import engine
+
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    for i in range(30):
+        write(src["root"], f"d{i % 3}/sub/f{i}", f"file {i} " * (i + 1))
+    write(src["root"], "top.txt", "in the area root")
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    dst = _areas(tmp_path, "fresh")
+    dst["root"].mkdir()
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(fractfs.__file__)))
+    run = subprocess.run([sys.executable, "-c", _CRASH_AT_FLUSH, str(store.root), str(dst["root"])], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 9, run.stderr
+    # every file was written, but only under temp names: no final name holds anything yet
+    left = sorted(p.name for p in dst["root"].iterdir())
+    assert left and all(n.startswith(".fractfs-tmp-") for n in left), left
+    assert sum(1 for _ in dst["root"].rglob("f*")) == 30  # the trees were full, just not placed
+
+    # the next restore does it all again; the dead one's trees are invisible to it and to checkpoints
+    out = restore(store, dst, state_dir=tmp_path / "state2")
+    assert len(out.restored) == 31 and not out.errors
+    assert {k: v for k, v in tree(dst["root"]).items() if ".fractfs-tmp-" not in k} == tree(src["root"])
+    monkeypatch.setattr(engine, "STALE_TEMP_NS", -1)  # as if the dead restore were an hour old
+    res = checkpoint(store, dst, everything, state_dir=tmp_path / "state2")
+    assert res.snapshot_id is None and temp_leftovers(dst["root"]) == []
+
+
+def test_first_checkpoint_after_restore_is_a_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fractfs.snapshot import catalog, diff, statcache
+
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    for i in range(20):
+        write(src["root"], f"a/b{i % 4}/f{i}", f"content {i}")
+    os.symlink("a/b0/f0", src["root"] / "link")
+    os.chmod(src["root"] / "a" / "b1", 0o750)
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    dst = _areas(tmp_path, "fresh")
+    out = restore(store, dst, state_dir=tmp_path / "s2")
+    assert len(out.restored) == 21
+    hdr, _ = statcache.read_header(tmp_path / "s2")
+    assert hdr is not None and hdr.expect and hdr.snapshot_size and hdr.digest is None
+
+    def boom(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("the first checkpoint after a restore compared row by row")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(diff, "compare", boom)
+        mp.setattr(catalog, "newest_valid", boom)
+        res = checkpoint(store, dst, everything, state_dir=tmp_path / "s2")
+    assert res.snapshot_id is None and res.files == 20 and res.parent == out.snapshot_id
+    hdr, _ = statcache.read_header(tmp_path / "s2")
+    assert hdr is not None and hdr.digest and not hdr.expect
+    # and the cache it left is right: a change is seen, nothing else is re-read
+    write(dst["root"], "a/b2/f2", "changed after the restore")
+    res = checkpoint(store, dst, everything, state_dir=tmp_path / "s2")
+    assert res.snapshot_id is not None and res.stored == ["root:a/b2/f2"]
+
+
+def test_first_checkpoint_after_restore_sees_a_change(tmp_path: Path) -> None:
+    """The restore's fingerprint must not hide a file written between the restore and the checkpoint."""
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    for i in range(6):
+        write(src["root"], f"d/f{i}", f"content {i}")
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    dst = _areas(tmp_path, "fresh")
+    restore(store, dst, state_dir=tmp_path / "s2")
+    write(dst["root"], "d/f3", "the app wrote this")
+    write(dst["root"], "d/new", "and this")
+    res = checkpoint(store, dst, everything, state_dir=tmp_path / "s2")
+    assert res.snapshot_id is not None and sorted(res.stored) == ["root:d/f3", "root:d/new"]
+
+
+def test_directory_appearing_during_restore_is_merged_never_clobbered(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from fractfs.snapshot import restorer
+
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    for name in ("a", "b", "deep/c"):
+        write(src["root"], f"sub/{name}", f"restored {name}")
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    dst = _areas(tmp_path, "fresh")
+    real_flush = restorer._flush_filesystems
+
+    def someone_else_writes(roots: list[str]) -> None:  # after the files are written, before they are placed
+        if not (dst["root"] / "sub").exists():
+            write(dst["root"], "sub/a", "written by someone else meanwhile")
+            write(dst["root"], "sub/mine", "theirs too")
+        real_flush(roots)
+
+    monkeypatch.setattr(restorer, "_flush_filesystems", someone_else_writes)
+    out = restore(store, dst)
+    assert sorted(out.restored) == ["root:sub/b", "root:sub/deep/c"] and out.skipped_existing == ["root:sub/a"]
+    assert (dst["root"] / "sub" / "a").read_text() == "written by someone else meanwhile"
+    assert (dst["root"] / "sub" / "mine").read_text() == "theirs too"
+    assert (dst["root"] / "sub" / "deep" / "c").read_text() == "restored deep/c"
+    assert temp_leftovers(dst["root"]) == [] and not out.errors
+
+
+_GOOD_FILE = {"area": "root", "path": "a/b.txt", "type": "file", "mode": 0o644, "size": 5, "mtime_ns": 1,
+              "sha256": "a" * 64, "pack": "b" * 64, "offset": 0, "length": 5}
+_EMPTY_FILE = {"area": "root", "path": "a/b.txt", "type": "file", "mode": 0o644, "size": 0, "mtime_ns": 1,
+               "sha256": "e" * 64}
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("length", True), ("length", 4), ("size", True), ("mode", 0o10000), ("mode", -1), ("mtime_ns", 1.5),
+    ("offset", -1), ("path", "a//b"), ("path", "./a"), ("path", "a/.."), ("path", "a/./b"), ("path", "/a"),
+    ("path", "a/"), ("path", "a\x00b"), ("path", ""), ("sha256", "A" * 64), ("pack", "b" * 63),
+    ("sqlite", 1), ("object", "c" * 64), ("area", "no spaces"), ("pack", None), ("pack", 0), ("mode", True),
+    ("mtime_ns", True), ("offset", True),
+])
+@pytest.mark.parametrize("good", [_GOOD_FILE, _EMPTY_FILE], ids=["packed", "empty"])
+def test_manifest_decode_fast_path_agrees_with_the_checks(field: str, value: Any, good: dict[str, Any]) -> None:
+    """decode_manifest parses the common file entries on a fast path: it must refuse exactly what
+    entry_from_json refuses, and make the same entry of what it accepts."""
+    from fractfs.snapshot.format import BadEntry, decode_manifest, entry_from_json
+
+    bad = dict(good, **{field: value})
+    if value is True and field != "sqlite":
+        bad = dict(bad, size=1, mode=1, mtime_ns=1, offset=1)  # equal to True, yet not an int
+    if good is _EMPTY_FILE and field in ("length", "offset", "pack") and value is not None and value != 0:
+        bad = dict(bad, size=3)  # without a pack these fields are unused: make the entry wrong another way
+    try:
+        expect = [entry_from_json(bad)]
+    except BadEntry:
+        expect = []
+    doc = {"format": FORMAT_NAME, "version": 1, "seq": 1, "created_ns": 1, "node": "n", "parent": None,
+           "entries": [dict(good, path="first"), bad]}
+    data = gzip.compress(json.dumps(doc).encode(), mtime=0)
+    m = decode_manifest(SnapName(1, hashlib.sha256(data).hexdigest()), data)
+    assert m.entries[1:] == expect and len(m.bad) == 1 - len(expect)
+
+
+def test_restore_of_an_unsorted_manifest_still_seeds_a_walk_only_checkpoint(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A manifest fractfs did not write may list entries in any order (children before their directory too):
+    the restore handles it, and the fingerprint it leaves does not depend on the order."""
+    from fractfs.snapshot import diff
+
+    store = make_store(tmp_path)
+    blobs = [f"blob {i}".encode() for i in range(4)]
+    pid, locs = _put_pack(store, blobs)
+    entries = [_file("z/b/f3", pid, locs[3]), _file("a/f0", pid, locs[0]), _file("z/b/f2", pid, locs[2]),
+               {"area": "root", "path": "z/b", "type": "dir", "mode": 0o750},
+               {"area": "root", "path": "z", "type": "dir", "mode": 0o755},
+               {"area": "root", "path": "a", "type": "dir", "mode": 0o755}, _file("a/f1", pid, locs[1])]
+    _raw_manifest(store, 1, entries)
+    dst = _areas(tmp_path, "fresh")
+    out = restore(store, dst, state_dir=tmp_path / "s")
+    assert len(out.restored) == 4 and not out.errors and not out.refused
+    assert (dst["root"] / "z" / "b").stat().st_mode & 0o777 == 0o750
+    monkeypatch.setattr(diff, "compare", lambda *_a, **_k: pytest.fail("compared row by row"))
+    res = checkpoint(store, dst, everything, state_dir=tmp_path / "s")
+    assert res.snapshot_id is None and res.files == 4
+
+
+def test_first_checkpoint_after_a_restore_into_existing_directories_skips_the_full_compare(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the restore's fingerprint (a directory already existed, so its facts are not the restore's), the
+    first checkpoint still confirms the tree from the cache rows alone, and still sees a change."""
+    from fractfs.snapshot import diff, statcache
+
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    for i in range(8):
+        write(src["root"], f"a/f{i}", f"content {i}")
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    dst = _areas(tmp_path, "fresh")
+    (dst["root"] / "a").mkdir(parents=True)
+    restore(store, dst, state_dir=tmp_path / "s")
+    hdr, _ = statcache.read_header(tmp_path / "s")
+    assert hdr is not None and hdr.expect is None and hdr.snapshot_size
+    with monkeypatch.context() as mp:
+        mp.setattr(diff, "compare", lambda *_a, **_k: pytest.fail("compared with the base snapshot"))
+        res = checkpoint(store, dst, everything, state_dir=tmp_path / "s")
+    assert res.snapshot_id is None and res.files == 8
+    write(dst["root"], "a/f1", "edited")
+    res = checkpoint(store, dst, everything, state_dir=tmp_path / "s")
+    assert res.stored == ["root:a/f1"]

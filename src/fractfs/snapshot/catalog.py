@@ -14,6 +14,7 @@ import weakref
 
 from ..errors import CorruptCheckpointError, FractfsError, SnapshotNotFound, StoreNotFound
 from ..stores.base import Store
+from . import gcpause
 from .format import (
     MAX_MANIFEST_BYTES,
     SNAPSHOTS,
@@ -170,7 +171,8 @@ def load(store: Store, name: SnapName) -> Manifest:
     except StoreNotFound:
         raise CorruptCheckpointError(f"{name.key}: listed but gone (deleted while reading?)") from None
     try:
-        return decode_manifest(name, data)
+        with gcpause.paused():  # one entry object per file, all kept: see gcpause
+            return decode_manifest(name, data)
     except UnknownFormatError:
         raise
     except CorruptCheckpointError as exc:
@@ -184,7 +186,8 @@ def load(store: Store, name: SnapName) -> Manifest:
             _note_damaged(store, name, len(data))
             raise
         try:
-            m = decode_manifest(name, again)
+            with gcpause.paused():
+                m = decode_manifest(name, again)
         except CorruptCheckpointError:
             _note_damaged(store, name, len(again))
             raise

@@ -17,7 +17,8 @@ from typing import Any
 from . import scan, unrestored
 from .format import DIR, FILE, SQLITE_MAGIC, SQLITE_SIDECARS, SYMLINK, Entry, SnapName
 from .scan import S_IFDIR, S_IFLNK, S_IFREG, Rec, WalkResult, Want
-from .statcache import CacheRow, Facts, Rows
+from . import statcache
+from .statcache import CacheHeader, CacheRow, Facts, Rows
 
 log = logging.getLogger("fractfs")
 
@@ -92,6 +93,77 @@ def compare(areas: dict[str, Path], walked: WalkResult, rows: Rows, base: Base, 
                 if a == area and (a, r) not in ch.new and (r == prefix or (subtree and r.startswith(prefix))):
                     ch.carry((a, r))
     return ch
+
+
+def confirm_restored(state_dir: Path, hdr: CacheHeader, payload_at: int, areas: dict[str, Path],
+                     walked: WalkResult) -> bool:
+    """After a restore: is the tree exactly what the stat cache says (seeded by the restore, see
+    statcache.seed)? Then the cache gets the walk digest and True is returned: the checkpoint is a no-op.
+
+    Only for a cache that describes the store's newest snapshot and has no digest yet (the caller checks). It
+    answers what :func:`compare` would, without building an Entry per path: every walked file and symlink has
+    a row with exactly its stat facts, every directory a row with its mode, and every row was walked. Anything
+    else (a file written since, an entry the restore could not write, a SQLite database, whose sidecars the
+    restore does not know) answers False and the checkpoint takes the full path.
+    """
+    if any(walked.trouble.get(a) for a in areas):
+        return False
+    if hdr.expect is not None:
+        # the restore wrote every entry and knows each one's facts: one digest compares them all
+        if scan.records_digest(walked.records) != hdr.expect:
+            return False
+        hdr.digest = scan.walk_digest(areas, walked, [])
+        hdr.expect = None
+        try:
+            statcache.write_header(state_dir, hdr, payload_at)
+        except OSError as exc:
+            log.warning("fractfs: could not update the stat cache in %s (%s); the next checkpoint looks again",
+                        state_dir, exc)
+        return True
+    raw = statcache.read_raw(state_dir, hdr, payload_at)
+    if raw is None or set(raw) - set(walked.records):
+        return False
+    seen = 0
+    changed = False
+    for area, recs in walked.records.items():
+        arows = raw.get(area)
+        if arows is None:
+            if recs:
+                return False
+            continue
+        for rec in recs:
+            rel = rec[0]
+            row = arows.get(rel)
+            if row is None:
+                return False
+            facts = rec[1:]
+            fmt = rec[1] & 0o170000
+            if fmt == S_IFDIR:
+                if row[0] != DIR or row[1] != rec[1] & 0o7777:
+                    return False
+                if row[10] != facts:
+                    arows[rel] = (*row[:10], facts, None)  # what compare() records for a directory
+                    changed = True
+            elif row[10] != facts or row[9]:
+                return False
+            elif fmt == S_IFLNK and (row[0] != SYMLINK or row[3] != rec[3]):
+                return False
+            elif fmt == S_IFREG and row[0] != FILE:
+                return False
+            seen += 1
+    if seen != sum(len(a) for a in raw.values()):
+        return False
+    hdr.digest = scan.walk_digest(areas, walked, [])
+    try:
+        if changed:
+            statcache.write_raw(state_dir, hdr, raw)
+        else:  # the restore knew every directory's facts: same payload, new header
+            statcache.write_header(state_dir, hdr, payload_at)
+    except OSError as exc:
+        log.warning("fractfs: could not update the stat cache in %s (%s); the next checkpoint looks again",
+                    state_dir, exc)
+        hdr.digest = None
+    return True
 
 
 def _sqlite_dbs(top: str, recs: list[Rec], arows: dict[str, CacheRow]) -> set[str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from .format import (
     valid_area,
 )
 from .packer import NewLoc, Packer
-from .scan import S_IFLNK, S_IFREG, WalkResult, Want
+from .scan import S_IFDIR, S_IFLNK, S_IFREG, WalkResult, Want
 from .statcache import CacheHeader, Rows, StateLock
 from .xfer import check_stored
 
@@ -225,6 +226,13 @@ def prepare(store: Store, areas: dict[str, Path], want: Want | None, state_dir: 
     if (look.synced and not opts.content_hash and hdr is not None and hdr.digest is not None
             and scan.walk_digest(areas, look.walked, scan.fresh_side(areas, hdr.sqlite)) == hdr.digest):
         log.debug("fractfs: checkpoint: nothing changed (%.3fs)", time.monotonic() - t0)
+        res = CheckpointResult(files=hdr.files, bytes=hdr.bytes, duration=time.monotonic() - t0,
+                               parent=hdr.snapshot)
+        return Prepared(result=res, state_dir=state_dir, keep=opts.keep, t0=t0)
+    if (look.synced and not opts.content_hash and hdr is not None and hdr.digest is None and not hdr.sqlite
+            and diff.confirm_restored(state_dir, hdr, look.payload_at, areas, look.walked)):
+        # the first checkpoint after a restore, nothing changed since: as cheap as a no-op (issue 13)
+        log.debug("fractfs: checkpoint: nothing changed since the restore (%.3fs)", time.monotonic() - t0)
         res = CheckpointResult(files=hdr.files, bytes=hdr.bytes, duration=time.monotonic() - t0,
                                parent=hdr.snapshot)
         return Prepared(result=res, state_dir=state_dir, keep=opts.keep, t0=t0)
@@ -602,9 +610,15 @@ def _remove_stale_temps(paths: list[str]) -> None:
     for p in paths:
         try:
             st = os.lstat(p)
-            if st.st_mode & 0o170000 in (S_IFREG, S_IFLNK) and now - st.st_ctime_ns > STALE_TEMP_NS:
+            if now - st.st_ctime_ns <= STALE_TEMP_NS:
+                continue
+            if st.st_mode & 0o170000 in (S_IFREG, S_IFLNK):
                 os.unlink(p)
-                log.info("fractfs: removed %s, left behind by an interrupted restore", p)
+            elif st.st_mode & 0o170000 == S_IFDIR:  # a directory tree a restore was building
+                shutil.rmtree(p)
+            else:
+                continue
+            log.info("fractfs: removed %s, left behind by an interrupted restore", p)
         except OSError:
             pass
 

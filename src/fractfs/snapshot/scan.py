@@ -164,5 +164,46 @@ def walk_digest(areas: dict[str, Path], walked: WalkResult, side: list[tuple[str
     return hashlib.sha256(marshal.dumps(payload, 2)).hexdigest()
 
 
+class RecordsDigest:
+    """Fingerprint of walk records, fed one at a time in (area, relpath) order; see :func:`records_digest`.
+    Hashed in chunks, so neither side holds a serialized copy of every record."""
+
+    CHUNK = 4096
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256(b"fractfs-records-1")
+        self._area: str | None = None
+        self._buf: list[Any] = []
+
+    def add(self, area: str, rec: tuple[Any, ...]) -> None:
+        if area != self._area:
+            self._flush()
+            self._h.update(marshal.dumps(("area", area), 2))
+            self._area = area
+        self._buf.append(rec)
+        if len(self._buf) >= self.CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            self._h.update(marshal.dumps(self._buf, 2))
+            self._buf = []
+
+    def hexdigest(self) -> str:
+        self._flush()
+        return self._h.hexdigest()
+
+
+def records_digest(records: dict[str, list[Rec]]) -> str:
+    """Fingerprint of the walk records alone, in any order: a restore computes it from what it wrote (see
+    statcache.seed) and the first checkpoint after it from its walk; equal means the tree is what the
+    restore left."""
+    d = RecordsDigest()
+    for area in sorted(records):
+        for rec in sorted(records[area]):
+            d.add(area, rec)
+    return d.hexdigest()
+
+
 def fresh_side(areas: dict[str, Path], dbs: list[tuple[str, str]]) -> list[tuple[str, str, Any]]:
     return [(a, r, sidecar_facts(os.path.join(os.fspath(areas[a]), r))) for a, r in dbs if a in areas]

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
 from ..localfile import private_dir, unlink_if_present, write_replace
-from .format import Entry, Manifest
+from .format import FILE, Entry, Manifest
+from .scan import RecordsDigest
 
 try:  # POSIX only; the state dir lock is a courtesy on platforms without it
     import fcntl
@@ -89,6 +90,8 @@ class CacheHeader:
     snapshot_size: int | None = None
     #: scan.walk_digest() of the tree when it was saved; None when the next checkpoint must look at rows.
     digest: str | None = None
+    #: Set by a restore that wrote every entry: scan.records_digest() of what the next walk should see.
+    expect: str | None = None
     sqlite: list[tuple[str, str]] = field(default_factory=list)
     files: int = 0
     bytes: int = 0
@@ -105,6 +108,7 @@ def read_header(state_dir: Path) -> tuple[CacheHeader | None, int]:
                 raise ValueError("unknown stat cache format")
             hdr = CacheHeader(
                 snapshot=doc.get("snapshot"), snapshot_size=doc.get("snapshot_size"), digest=doc.get("digest"),
+                expect=doc.get("expect"),
                 sqlite=[(str(a), str(r)) for a, r in doc.get("sqlite", [])],
                 files=int(doc.get("files", 0)), bytes=int(doc.get("bytes", 0)),
                 payload_sha256=str(doc.get("payload_sha256", "")),
@@ -120,6 +124,19 @@ def read_header(state_dir: Path) -> tuple[CacheHeader | None, int]:
 
 def read_rows(state_dir: Path, hdr: CacheHeader, offset: int) -> Rows | None:
     """The per-file rows, or None when the payload is missing or damaged."""
+    raw = read_raw(state_dir, hdr, offset)
+    if raw is None:
+        return None
+    make = CacheRow._make
+    return {area: {rel: make(row) for rel, row in arows.items()} for area, arows in raw.items()}
+
+
+#: The payload as stored: area -> relpath -> row as a plain tuple in CacheRow order.
+RawRows = dict[str, dict[str, tuple[Any, ...]]]
+
+
+def read_raw(state_dir: Path, hdr: CacheHeader, offset: int) -> RawRows | None:
+    """The rows as plain tuples (no CacheRow made per row), or None when the payload is missing or damaged."""
     try:
         with open(state_dir / CACHE_FILE, "rb") as f:
             f.seek(offset)
@@ -127,10 +144,9 @@ def read_rows(state_dir: Path, hdr: CacheHeader, offset: int) -> Rows | None:
         if hashlib.sha256(payload).hexdigest() != hdr.payload_sha256:
             raise ValueError("payload checksum mismatch")
         raw = marshal.loads(payload)
-        if not isinstance(raw, dict):
+        if not isinstance(raw, dict) or not all(isinstance(a, dict) for a in raw.values()):
             raise ValueError("payload is not a mapping")  # noqa: TRY004 - caught right below, never escapes
-        make = CacheRow._make
-        return {area: {rel: make(row) for rel, row in arows.items()} for area, arows in raw.items()}
+        return raw
     except (OSError, ValueError, EOFError, TypeError) as exc:
         log.warning("fractfs: ignoring damaged stat cache %s (%s); files will be re-hashed",
                     state_dir / CACHE_FILE, exc)
@@ -140,11 +156,31 @@ def read_rows(state_dir: Path, hdr: CacheHeader, offset: int) -> Rows | None:
 def write_cache(state_dir: Path, hdr: CacheHeader, rows: Rows) -> None:
     """Replace the cache with ``hdr`` and ``rows`` (all at once: a reader sees the old cache or the new)."""
     # marshal only takes plain tuples, not NamedTuple instances
-    payload = marshal.dumps({a: {r: tuple(row) for r, row in ar.items()} for a, ar in rows.items()}, 4)
+    write_raw(state_dir, hdr, {a: {r: tuple(row) for r, row in ar.items()} for a, ar in rows.items()})
+
+
+def write_raw(state_dir: Path, hdr: CacheHeader, raw: RawRows) -> None:
+    """write_cache() for rows that are already plain tuples."""
+    payload = marshal.dumps(raw, 4)
     hdr.payload_sha256 = hashlib.sha256(payload).hexdigest()
+    _write_file(state_dir, hdr, payload)
+
+
+def write_header(state_dir: Path, hdr: CacheHeader, offset: int) -> None:
+    """Rewrite the cache with header ``hdr`` and the payload it has now (at ``offset``), e.g. to add the walk
+    digest when the rows stay as they are. The caller holds the StateLock, so the payload is the one it read."""
+    with open(state_dir / CACHE_FILE, "rb") as f:
+        f.seek(offset)
+        payload = f.read()
+    if hashlib.sha256(payload).hexdigest() != hdr.payload_sha256:
+        raise OSError(f"{state_dir / CACHE_FILE} changed while in use")
+    _write_file(state_dir, hdr, payload)
+
+
+def _write_file(state_dir: Path, hdr: CacheHeader, payload: bytes) -> None:
     head = json.dumps({
         "magic": CACHE_MAGIC, "v": 1, "snapshot": hdr.snapshot, "snapshot_size": hdr.snapshot_size,
-        "digest": hdr.digest,
+        "digest": hdr.digest, "expect": hdr.expect,
         "sqlite": [list(x) for x in hdr.sqlite], "files": hdr.files, "bytes": hdr.bytes,
         "payload_sha256": hdr.payload_sha256,
     }, separators=(",", ":")).encode() + b"\n"
@@ -177,17 +213,66 @@ class StateLock:
             self.fd = -1
 
 
-def seed(state_dir: Path, m: Manifest, facts_of: Callable[[Entry], Optional[Facts]]) -> None:
+def seed(state_dir: Path, m: Manifest, facts_of: Optional[Callable[[Entry], Optional[Facts]]], *,
+         facts: Optional[dict[Entry, Facts]] = None, snapshot_size: Optional[int] = None) -> None:
     """Describe snapshot ``m`` as now on disk, after a restore wrote (some of) it.
 
     Every manifest entry is listed, since the cache must describe the whole snapshot it claims to match;
-    ``facts_of(entry)`` gives the stat facts of entries known to match their stored copy, None for the rest
-    (the next checkpoint re-examines those).
+    ``facts_of(entry)``, or ``facts[entry]``, gives the stat facts of entries known to match their stored copy,
+    None (absent) for the rest: the next checkpoint re-examines those, and SQLite databases always (their
+    sidecars' facts are not known here). ``snapshot_size``, the manifest's size on the store, lets the next
+    checkpoint trust the cache as describing the store's newest snapshot (see the engine's ``synced``)
+    instead of fetching that manifest again. When every entry has facts, the header also carries
+    :func:`.scan.records_digest` of them (``expect``): the first checkpoint's walk then only has to match it.
     """
     private_dir(state_dir)  # 0700 from creation: the rows hold every file's sha256 (docs/security.md)
-    rows: Rows = {}
+    raw: RawRows = {}
+    get = facts.get if facts is not None else None
+    files = nbytes = 0
+    area = ""
+    arows: dict[str, tuple[Any, ...]] = {}
+    # What the next walk must find if nothing changes: every entry with its facts, as walk records. A
+    # manifest fractfs wrote is sorted, so they are digested as they come; any other order is sorted first.
+    digest: Optional[RecordsDigest] = RecordsDigest() if get is not None else None
+    last = ("", "")
+    in_order = True
+    # Written flat (plain tuples in CacheRow order, no NamedTuple per row): a cold start seeds every entry.
     for e in m.entries:
-        rows.setdefault(e.area, {})[e.path] = CacheRow.of(e, facts_of(e), None)
-    hdr = CacheHeader(snapshot=m.id, files=m.file_count, bytes=m.byte_count)
+        if e.area != area:
+            area = e.area
+            arows = raw.setdefault(area, {})
+        if e.sqlite:
+            f = None
+        elif get is not None:
+            f = get(e)
+        else:
+            assert facts_of is not None
+            f = facts_of(e)
+        arows[e.path] = (*e[2:], f, None)
+        if digest is not None:
+            if f is None:
+                digest = None
+            elif in_order:
+                if (area, e.path) > last:
+                    digest.add(area, (e.path, *f))
+                    last = (area, e.path)
+                else:
+                    in_order = False
+        if e.type == FILE:
+            files += 1
+            nbytes += e.size
+    expect: Optional[str] = None
+    if digest is not None and get is not None:
+        if not in_order:  # a manifest fractfs did not write: sort (rare, so the simple way)
+            digest = RecordsDigest()
+            recs: list[tuple[str, tuple[Any, ...]]] = []
+            for e in m.entries:
+                f = get(e)
+                assert f is not None  # every entry has facts, or digest would be None
+                recs.append((e.area, (e.path, *f)))
+            for a, rec in sorted(recs):
+                digest.add(a, rec)
+        expect = digest.hexdigest()
+    hdr = CacheHeader(snapshot=m.id, snapshot_size=snapshot_size, files=files, bytes=nbytes, expect=expect)
     with StateLock(state_dir):
-        write_cache(state_dir, hdr, rows)
+        write_raw(state_dir, hdr, raw)

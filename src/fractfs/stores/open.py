@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError, StoreError, VolumeNotMounted
 from .base import Store
-from .fsspec import FsspecStore
 from .posix import PosixStore
 
 if TYPE_CHECKING:
@@ -85,6 +84,8 @@ def open_location(location: str, *, backend: str | None = None, transfers: int =
     if backend == "volumes" and location.startswith("/Volumes/") and not _mounted_volume(location):
         return _files_api(location, transfers, "/Volumes is not mounted here")
     if "://" in location:
+        from .fsspec import FsspecStore  # on first use: it pulls in asyncio, ssl, http and xml
+
         return FsspecStore(location, fast_path=fast_path)
     return PosixStore(location)
 

@@ -1,7 +1,6 @@
 """Concurrency and retry helpers shared by the stores and the snapshot engine."""
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -94,6 +93,8 @@ async def aretry(
             delay = backoff_delay(attempt)
             log.info("%s failed (%s: %s); retry %d/%d in %.2fs",
                      what, type(exc).__name__, exc, attempt + 1, attempts - 1, delay)
+            import asyncio  # here, not at the top: only the S3 store is async, and asyncio costs a cold start ~20 ms
+
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
