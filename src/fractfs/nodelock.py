@@ -35,7 +35,7 @@ START_LOCK = "start.lock"
 def _open(path: Path, where: str) -> int:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)  # node-local state is private (docs/security.md)
     except OSError as exc:
         raise ProvisionError(
             f"cannot create {path} ({exc.strerror or exc}): the state dir {path.parent} inside scratch "

@@ -308,17 +308,19 @@ def _quick_file_entry(d: Any, areas: set[str]) -> Entry | None:
     size = d.get("size")
     mtime = d.get("mtime_ns")
     sqlite = d.get("sqlite", False)
-    if (area not in areas or type(path) is not str or not path or path[0] == "/" or "\x00" in path
-            or type(mode) is not int or type(size) is not int or type(mtime) is not int
+    # an ASCII path of up to 255 bytes is within every path limit (length, component, depth); other paths and
+    # out-of-range numbers go to entry_from_json, which applies the limits of docs/format.md and says why
+    if (area not in areas or type(path) is not str or not path or len(path) > 255 or not path.isascii() or path[0] == "/"
+            or "\x00" in path or type(mode) is not int or type(size) is not int or type(mtime) is not int
             or type(sha) is not str or type(pack) is not str or type(sqlite) is not bool
-            or d.get("object", "") != "" or not 0 <= mode <= 0o7777 or size < 0 or mtime < 0
-            or _HEX64.match(sha) is None):
+            or d.get("object", "") != "" or not 0 <= mode <= 0o7777 or not 0 <= size <= MAX_PACKED_FILE
+            or not 0 <= mtime <= MAX_INT64 or _HEX64.match(sha) is None):
         return None
     if pack:
         offset = d.get("offset")
         length = d.get("length")
-        if (type(offset) is not int or offset < 0 or type(length) is not int or length != size
-                or _HEX64.match(pack) is None):
+        if (type(offset) is not int or not 0 <= offset <= MAX_INT64 - size or type(length) is not int
+                or length != size or _HEX64.match(pack) is None):
             return None
     elif size:
         return None

@@ -128,7 +128,13 @@ def read_rows(state_dir: Path, hdr: CacheHeader, offset: int) -> Rows | None:
     if raw is None:
         return None
     make = CacheRow._make
-    return {area: {rel: make(row) for rel, row in arows.items()} for area, arows in raw.items()}
+    try:
+        return {area: {rel: make(row) for rel, row in arows.items()} for area, arows in raw.items()}
+    except (TypeError, AttributeError) as exc:
+        # rows of another shape (another fractfs version wrote this cache): re-read, never trust or crash
+        log.warning("fractfs: ignoring stat cache %s written in another layout (%s); files will be re-hashed",
+                    state_dir / CACHE_FILE, exc)
+        return None
 
 
 #: The payload as stored: area -> relpath -> row as a plain tuple in CacheRow order.
