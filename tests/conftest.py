@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -227,3 +228,19 @@ def volume(request: pytest.FixtureRequest) -> Path:
     """Each kind of Volume fractfs meets: plain dir, tmpfs (cross-device) and an rclone FUSE mount."""
     path: Path = request.getfixturevalue(f"{request.param}_volume")
     return path
+
+
+@pytest.fixture
+def bind_mount(tmp_path: Path) -> Iterator[Callable[[Path, Path], None]]:
+    """``mount(src, dst)``: bind-mount ``src`` at ``dst`` (the same Volume mounted again); all undone after."""
+    done: list[Path] = []
+
+    def mount(src: Path, dst: Path) -> None:
+        dst.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "--bind", str(src), str(dst)], check=True, capture_output=True, timeout=30)
+        done.append(dst)
+
+    yield mount
+    for p in reversed(done):
+        if os.path.ismount(p):
+            _services.unmount(p)

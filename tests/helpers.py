@@ -250,3 +250,8 @@ def read_back(app: App, *names: str) -> dict[str, Optional[str]]:
         fractfs.shutdown(final_sync=False)
     """)
     return found
+
+
+def files_under(p: Path) -> list[str]:
+    """Every file below ``p``, relative to it, sorted."""
+    return sorted(os.path.relpath(os.path.join(d, f), p) for d, _dirs, fs in os.walk(p) for f in fs)

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,26 +21,9 @@ from fractfs.stores.posix import PosixStore
 
 import _services
 from faults import SlowStore
-from helpers import App, Node, read_back
+from helpers import App, Node, files_under, read_back
 
 
-def files_under(p: Path) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(d, f), p) for d, _dirs, fs in os.walk(p) for f in fs)
-
-
-@pytest.fixture
-def bind_mount(tmp_path: Path) -> Iterator[Callable[[Path, Path], None]]:
-    done: list[Path] = []
-
-    def mount(src: Path, dst: Path) -> None:
-        dst.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "--bind", str(src), str(dst)], check=True, capture_output=True, timeout=30)
-        done.append(dst)
-
-    yield mount
-    for p in reversed(done):
-        if os.path.ismount(p):
-            _services.unmount(p)
 
 
 # -- point 3: the Volume vanishes under a running app ------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,26 +15,9 @@ from fractfs.stores.posix import PosixStore
 from fractfs.stores.volume import MARKER_KEY, VolumeGuard, guard
 
 import _services
+from helpers import files_under
 
 
-def files_under(p: Path) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(d, f), p) for d, _dirs, fs in os.walk(p) for f in fs)
-
-
-@pytest.fixture
-def bind_mount(tmp_path: Path) -> Iterator[Callable[[Path, Path], None]]:
-    """``mount(src, dst)``: bind-mount ``src`` at ``dst`` (the same Volume mounted again); all undone after."""
-    done: list[Path] = []
-
-    def mount(src: Path, dst: Path) -> None:
-        dst.mkdir(exist_ok=True)
-        subprocess.run(["mount", "--bind", str(src), str(dst)], check=True, capture_output=True, timeout=30)
-        done.append(dst)
-
-    yield mount
-    for p in reversed(done):
-        if os.path.ismount(p):
-            _services.unmount(p)
 
 
 # -- PosixStore on its own: a root it has seen is never made again ------------------------------------------
