@@ -171,6 +171,14 @@ def _bomb(size: int) -> bytes:
             + struct.pack("<II", crc, size & 0xFFFFFFFF))
 
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork+exec, and the test process
+# itself held the hostile bytes it built
+RSS = STATUS.replace("print(json.dumps(out))", """
+hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
+out["maxrss_mb"] = int(hwm.split()[1]) // 1024
+print(json.dumps(out))""")
+
+
 def test_manifest_bomb_is_refused_without_exhausting_memory(tmp_path: Path, plain_volume: Path) -> None:
     node = Node(tmp_path / "node", plain_volume, CONFIG)
     _legit_snapshot(node)
@@ -180,10 +188,7 @@ def test_manifest_bomb_is_refused_without_exhausting_memory(tmp_path: Path, plai
     assert len(bomb) < 2 << 20
     name = raw_manifest(store, seq + 1, [], data=bomb)
     node.wipe()
-    out = node.run(STATUS.replace("print(json.dumps(out))", """
-import resource
-out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-print(json.dumps(out))"""))
+    out = node.run(RSS)
     assert out["restore"]["fell_back_from"] == [name.id]
     assert (node.root / "notes.txt").read_text() == "honest"
     assert out["maxrss_mb"] < 400, f"inflating the bomb took {out['maxrss_mb']} MB"
@@ -218,14 +223,6 @@ def test_malformed_manifest_falls_back_with_a_message(tmp_path: Path, plain_volu
 
 
 # -- issue 16, point 3: a few bytes on the Volume must not brick a node ---------------------------------------
-
-# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork+exec, and the test process
-# itself held the hostile bytes it built
-RSS = STATUS.replace("print(json.dumps(out))", """
-hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
-out["maxrss_mb"] = int(hwm.split()[1]) // 1024
-print(json.dumps(out))""")
-
 
 def _gz_doc(seq: int, entries_json: bytes) -> bytes:
     head = ('{"format": "%s", "version": 1, "seq": %d, "created_ns": 1, "node": "attacker", "parent": null, '
