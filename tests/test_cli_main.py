@@ -78,6 +78,10 @@ def test_a_snapshot_is_named_by_any_form_the_command_prints(tmp_path: Path) -> N
         assert resolve_snapshot(store, text) == sid, text
     with pytest.raises(SnapshotNotFound, match="'2-abcdef' not found.*fractfs snapshots"):
         resolve_snapshot(store, "2-abcdef")
+    # a hash prefix made only of digits (about 6 % of real prefixes) still names the snapshot
+    digits = SnapName(7, "790379" + "a" * 58)
+    assert catalog.resolve_id([name, digits], "790379") == digits
+    assert catalog.resolve_id([name, digits], "7") == digits  # a sequence number that exists wins
     # callers that caught the old type for an unknown id still catch it
     with pytest.raises(CorruptCheckpointError):
         catalog.resolve_id([name], "99")
