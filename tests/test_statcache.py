@@ -106,7 +106,7 @@ def test_seed_lists_every_entry_and_facts_only_where_given(tmp_path: Path) -> No
 def test_a_cache_written_in_another_row_layout_is_ignored_not_fatal(tmp_path: Path) -> None:
     """Another fractfs version may have left rows of another width in the same scratch: they are dropped
     (files re-hashed), never read into wrong fields and never an exception out of a checkpoint."""
-    row = CacheRow._make(("f", 0o644, 2, 1, "ab" * 32, "", 0, "", "", False, None, None))
+    row = CacheRow._make(("f", 0o644, 2, 1, "ab" * 32, "", 0, "", "", False, (), None, None))
     statcache.write_raw(tmp_path, CacheHeader(), {"root": {"a.txt": tuple(row) + ("extra",)}})
     hdr, at = statcache.read_header(tmp_path)
     assert hdr is not None

@@ -14,14 +14,13 @@ import weakref
 
 from ..errors import CorruptCheckpointError, FractfsError, SnapshotNotFound, StoreNotFound
 from ..stores.base import Store
-from . import gcpause
+from . import gcpause, manifests
 from .format import (
     MAX_MANIFEST_BYTES,
     SNAPSHOTS,
     Manifest,
     SnapName,
     UnknownFormatError,
-    decode_manifest,
     parse_snapshot_id,
     parse_snapshot_key,
 )
@@ -172,7 +171,7 @@ def load(store: Store, name: SnapName) -> Manifest:
         raise CorruptCheckpointError(f"{name.key}: listed but gone (deleted while reading?)") from None
     try:
         with gcpause.paused():  # one entry object per file, all kept: see gcpause
-            return decode_manifest(name, data)
+            return manifests.decode(name, data)
     except UnknownFormatError:
         raise
     except CorruptCheckpointError as exc:
@@ -187,7 +186,7 @@ def load(store: Store, name: SnapName) -> Manifest:
             raise
         try:
             with gcpause.paused():
-                m = decode_manifest(name, again)
+                m = manifests.decode(name, again)
         except CorruptCheckpointError:
             _note_damaged(store, name, len(again))
             raise

@@ -40,7 +40,7 @@ class Base:
 
     def __post_init__(self) -> None:
         for e in self.entries.values():
-            if e.type == FILE and (e.pack or e.object) and e.sha256 not in self.dedup:
+            if e.type == FILE and e.stored and e.sha256 not in self.dedup:
                 self.dedup[e.sha256] = e
 
 
@@ -141,10 +141,10 @@ def confirm_restored(state_dir: Path, hdr: CacheHeader, payload_at: int, areas: 
             if fmt == S_IFDIR:
                 if row[0] != DIR or row[1] != rec[1] & 0o7777:
                     return False
-                if row[10] != facts:
-                    arows[rel] = (*row[:10], facts, None)  # what compare() records for a directory
+                if row[11] != facts:
+                    arows[rel] = (*row[:11], facts, None)  # what compare() records for a directory
                     changed = True
-            elif row[10] != facts or row[9]:
+            elif row[11] != facts or row[9]:
                 return False
             elif fmt == S_IFLNK and (row[0] != SYMLINK or row[3] != rec[3]):
                 return False
@@ -242,7 +242,8 @@ def relocate(e: Entry, loc: Entry | None, obj: str = "") -> Entry:
     offset = loc.offset if loc is not None else 0
     o = (loc.object if loc is not None else obj) if not pack else ""
     return Entry(e.area, e.path, e.type, mode=e.mode, size=e.size, mtime_ns=e.mtime_ns, sha256=e.sha256,
-                 pack=pack, offset=offset, object=o, target=e.target, sqlite=e.sqlite)
+                 pack=pack, offset=offset, object=o, target=e.target, sqlite=e.sqlite,
+                 chunks=loc.chunks if loc is not None else ())
 
 
 def carry_unrestored(ch: Changes, state_dir: Path, areas: dict[str, Path], want: Want,

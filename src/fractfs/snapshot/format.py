@@ -17,9 +17,11 @@ from ..errors import CorruptCheckpointError, FractfsError
 
 FORMAT_NAME = "fractfs-snapshot"
 FORMAT_VERSION = 1
+#: The version checkpoints write (docs/format.md Part A); FORMAT_VERSION stays the v1 codec's own.
+WRITE_VERSION = 2
 #: Versions this code can read. A manifest outside this set is never restored from and blocks prune, because
 #: we cannot know which objects it references.
-KNOWN_VERSIONS = frozenset({1})
+KNOWN_VERSIONS = frozenset({1, 2})
 
 SNAPSHOTS = "snapshots/"
 PACKS = "packs/"
@@ -134,6 +136,16 @@ def short_id(sid: str | None) -> str:
     return name.short if name is not None else sid
 
 
+class ChunkRef(NamedTuple):
+    """Where one chunk of a file is stored (format v2): bytes ``offset .. offset+length`` of pack ``pack``,
+    whose SHA-256 is ``sha256`` (hex). A v1 pack slice is described the same way."""
+
+    pack: str
+    offset: int
+    length: int
+    sha256: str
+
+
 class Entry(NamedTuple):
     """One path in a snapshot. Which fields matter depends on ``type`` (see docs/format.md).
 
@@ -153,10 +165,28 @@ class Entry(NamedTuple):
     object: str = ""
     target: str = ""
     sqlite: bool = False
+    #: A file stored as two or more chunks (format v2): its content in order; ``sha256`` is then the content
+    #: id (docs/format.md). A file of one chunk is described by ``pack``/``offset``/``sha256`` alone, exactly
+    #: like a v1 packed file, so every reader of one-slice files serves both versions.
+    chunks: tuple[ChunkRef, ...] = ()
 
     @property
     def label(self) -> str:
         return f"{self.area}:{self.path}"
+
+    @property
+    def stored(self) -> bool:
+        """Whether the entry points at stored content (a pack slice, an object or chunks)."""
+        return bool(self.pack or self.object or self.chunks)
+
+    def refs(self) -> tuple[ChunkRef, ...]:
+        """The file's content as pack slices: its chunks, or its one v1/v2 pack slice (empty for an object or an
+        empty file)."""
+        if self.chunks:
+            return self.chunks
+        if self.pack:
+            return (ChunkRef(self.pack, self.offset, self.size, self.sha256),)
+        return ()
 
     @property
     def blob_key(self) -> str | None:
@@ -329,7 +359,7 @@ def _quick_file_entry(d: Any, areas: set[str]) -> Entry | None:
     wrapped = f"/{path}/"  # no empty, "." or ".." component, as check_relpath says
     if "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
         return None
-    e: Entry = _ENTRY_NEW(Entry, (area, path, FILE, mode, size, mtime, sha, pack, offset, "", "", sqlite))
+    e: Entry = _ENTRY_NEW(Entry, (area, path, FILE, mode, size, mtime, sha, pack, offset, "", "", sqlite, ()))
     return e
 
 
@@ -416,8 +446,10 @@ def _inflate(name: SnapName, data: bytes) -> bytes:
     return raw
 
 
-def decode_manifest(name: SnapName, data: bytes) -> Manifest:
-    """Verify and parse a manifest. Raises CorruptCheckpointError (UnknownFormatError for newer versions)."""
+def read_doc(name: SnapName, data: bytes) -> dict[str, Any]:
+    """The parsed JSON document of a stored manifest, after the checks every format version shares: size,
+    digest against the name, inflation and JSON value bounds, format name, and a version this fractfs reads.
+    Raises CorruptCheckpointError (UnknownFormatError for a version it does not read)."""
     if len(data) > MAX_MANIFEST_BYTES:
         raise CorruptCheckpointError(f"{name.key}: {len(data)} bytes, over the limit of {MAX_MANIFEST_BYTES} for "
                                      "a manifest; refused")
@@ -441,10 +473,26 @@ def decode_manifest(name: SnapName, data: bytes) -> Manifest:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise CorruptCheckpointError(f"{name.key}: not a {FORMAT_NAME} manifest")
     version = doc.get("version")
-    if version not in KNOWN_VERSIONS:
+    if version not in KNOWN_VERSIONS or type(version) is not int:
         raise UnknownFormatError(
             f"{name.key}: format version {version!r} is not one this fractfs reads "
             f"({sorted(KNOWN_VERSIONS)}); upgrade fractfs to use it")
+    return doc
+
+
+def decode_manifest(name: SnapName, data: bytes) -> Manifest:
+    """Verify and parse a version 1 manifest. Raises CorruptCheckpointError (UnknownFormatError for other
+    versions; :func:`.manifests.decode` reads every version)."""
+    doc = read_doc(name, data)
+    if doc.get("version") != 1:
+        raise UnknownFormatError(f"{name.key}: format version {doc.get('version')!r} is not 1 "
+                                 "(read it with fractfs.snapshot.manifests.decode)")
+    return manifest_from_v1(name, doc)
+
+
+def manifest_from_v1(name: SnapName, doc: dict[str, Any]) -> Manifest:
+    """The entries of a version 1 document (see :func:`read_doc`), each validated; bad ones in ``bad``."""
+    version = 1
     seq = doc.get("seq")
     if seq != name.seq:
         raise CorruptCheckpointError(f"{name.key}: sequence {seq!r} inside differs from its name")

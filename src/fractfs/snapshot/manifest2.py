@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Optional
 
 from ..errors import CorruptCheckpointError
 from .chunker import FORMAT_PARAMS
-from .format import UnknownFormatError
+from .format import MAX_ENTRIES, ChunkRef, UnknownFormatError
 
 FORMAT_NAME = "fractfs-snapshot"
 VERSION = 2
@@ -55,16 +55,6 @@ CHUNKING = {
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEXSTR = re.compile(r"[0-9a-f]*")
 _AREA = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-
-
-class ChunkRef(NamedTuple):
-    """Where one chunk of a file is: member of pack ``pack`` at ``offset``, ``length`` bytes, whose SHA-256 is
-    ``sha256`` (hex)."""
-
-    pack: str
-    offset: int
-    length: int
-    sha256: str
 
 
 class Entry2(NamedTuple):
@@ -276,12 +266,20 @@ def decode(data: bytes, expect_seq: Optional[int] = None) -> Manifest2:
 
     Raises CorruptCheckpointError when the structure is damaged (UnknownFormatError for a newer version);
     individual bad entries land in ``refused``.
-    Function length: one pass per table, kept together so the per-entry loop's locals stay local (speed).
     """
     try:
         doc = json.loads(_gunzip(data))
     except ValueError as e:  # UnicodeDecodeError and JSONDecodeError included
         raise _bad(f"not JSON ({e})") from None
+    return decode_doc(doc, expect_seq)
+
+
+def decode_doc(doc: Any, expect_seq: Optional[int] = None) -> Manifest2:
+    """:func:`decode` of an already parsed document (the store reader inflates and parses once for every
+    version, see :func:`.manifests.decode`).
+
+    Function length: one pass per table, kept together so the per-entry loop's locals stay local (speed).
+    """
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
         raise _bad("not a fractfs-snapshot manifest")
     version = doc.get("version")
@@ -342,6 +340,8 @@ def decode(data: bytes, expect_seq: Optional[int] = None) -> Manifest2:
     etab = doc.get("entries")
     e_dir = _col(etab, "dir", None, "entries")
     n = len(e_dir)
+    if n > MAX_ENTRIES:
+        raise _bad(f"{n} entries, over the limit of {MAX_ENTRIES}")
     names = _col(etab, "name", n, "entries")
     kinds = etab.get("kind") if isinstance(etab, dict) else None
     if not isinstance(kinds, str) or len(kinds) != n:

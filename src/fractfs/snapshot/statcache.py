@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
 
 from ..localfile import private_dir, unlink_if_present, write_replace
-from .format import FILE, Entry, Manifest
+from .format import FILE, ChunkRef, Entry, Manifest
 from .scan import RecordsDigest
 
 try:  # POSIX only; the state dir lock is a courtesy on platforms without it
@@ -38,6 +38,8 @@ log = logging.getLogger("fractfs")
 
 CACHE_FILE = "statcache.v1"
 CACHE_MAGIC = "fractfs-statcache"
+#: 2: rows carry Entry.chunks (format v2). A cache of another version is ignored (files are read again).
+CACHE_VERSION = 2
 LOCK_FILE = "lock"
 
 #: What the cache remembers of a file's stat: (st_mode, st_size, st_mtime_ns, st_ino, st_ctime_ns), i.e. the
@@ -63,6 +65,8 @@ class CacheRow(NamedTuple):
     object: str
     target: str
     sqlite: bool
+    #: Entry.chunks (a file of several chunks); as plain tuples in the file (marshal takes no NamedTuple)
+    chunks: tuple[Any, ...]
     #: The entry's stat facts when it was captured, or None when it must be re-read next time (it was busy,
     #: too fresh to trust, or carried forward without looking).
     facts: Optional[Facts]
@@ -72,11 +76,13 @@ class CacheRow(NamedTuple):
     @classmethod
     def of(cls, e: Entry, facts: Optional[Facts], side: Optional[tuple[Any, ...]]) -> CacheRow:
         return cls(e.type, e.mode, e.size, e.mtime_ns, e.sha256, e.pack, e.offset, e.object, e.target,
-                   e.sqlite, facts, side)
+                   e.sqlite, e.chunks, facts, side)
 
     def entry(self, area: str, rel: str) -> Entry:
-        # the first ten fields are the Entry's fields after (area, path), in the same order
-        return Entry._make((area, rel) + tuple(self[:10]))
+        # the first eleven fields are the Entry's fields after (area, path), in the same order
+        if self.chunks and type(self.chunks[0]) is not ChunkRef:
+            return Entry._make((area, rel) + tuple(self[:10]) + (tuple(ChunkRef._make(c) for c in self.chunks),))
+        return Entry._make((area, rel) + tuple(self[:11]))
 
 
 #: The whole cache payload: area -> relpath -> row.
@@ -104,7 +110,7 @@ def read_header(state_dir: Path) -> tuple[CacheHeader | None, int]:
         with open(state_dir / CACHE_FILE, "rb") as f:
             line = f.readline(1 << 20)
             doc = json.loads(line)
-            if not isinstance(doc, dict) or doc.get("magic") != CACHE_MAGIC or doc.get("v") != 1:
+            if not isinstance(doc, dict) or doc.get("magic") != CACHE_MAGIC or doc.get("v") != CACHE_VERSION:
                 raise ValueError("unknown stat cache format")
             hdr = CacheHeader(
                 snapshot=doc.get("snapshot"), snapshot_size=doc.get("snapshot_size"), digest=doc.get("digest"),
@@ -162,7 +168,14 @@ def read_raw(state_dir: Path, hdr: CacheHeader, offset: int) -> RawRows | None:
 def write_cache(state_dir: Path, hdr: CacheHeader, rows: Rows) -> None:
     """Replace the cache with ``hdr`` and ``rows`` (all at once: a reader sees the old cache or the new)."""
     # marshal only takes plain tuples, not NamedTuple instances
-    write_raw(state_dir, hdr, {a: {r: tuple(row) for r, row in ar.items()} for a, ar in rows.items()})
+    write_raw(state_dir, hdr, {a: {r: plain(row) for r, row in ar.items()} for a, ar in rows.items()})
+
+
+def plain(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row (or an entry's fields after area and path, plus facts) as marshal takes it: plain tuples only."""
+    if row[10]:
+        return (*row[:10], tuple(tuple(c) for c in row[10]), *row[11:])
+    return tuple(row)
 
 
 def write_raw(state_dir: Path, hdr: CacheHeader, raw: RawRows) -> None:
@@ -185,7 +198,7 @@ def write_header(state_dir: Path, hdr: CacheHeader, offset: int) -> None:
 
 def _write_file(state_dir: Path, hdr: CacheHeader, payload: bytes) -> None:
     head = json.dumps({
-        "magic": CACHE_MAGIC, "v": 1, "snapshot": hdr.snapshot, "snapshot_size": hdr.snapshot_size,
+        "magic": CACHE_MAGIC, "v": CACHE_VERSION, "snapshot": hdr.snapshot, "snapshot_size": hdr.snapshot_size,
         "digest": hdr.digest, "expect": hdr.expect,
         "sqlite": [list(x) for x in hdr.sqlite], "files": hdr.files, "bytes": hdr.bytes,
         "payload_sha256": hdr.payload_sha256,
@@ -254,7 +267,7 @@ def seed(state_dir: Path, m: Manifest, facts_of: Optional[Callable[[Entry], Opti
         else:
             assert facts_of is not None
             f = facts_of(e)
-        arows[e.path] = (*e[2:], f, None)
+        arows[e.path] = (*e[2:], f, None) if not e.chunks else plain((*e[2:], f, None))
         if digest is not None:
             if f is None:
                 digest = None
