@@ -328,3 +328,114 @@ def require_or_skip(what: str, ok: bool, *, hint: str) -> bool:
         raise SystemExit(f"CI=true but {what} is missing ({hint})")
     say(f"note: skipping {what}: not installed ({hint})")
     return False
+
+
+# -- places and code to compare with -----------------------------------------------------------------------
+
+def parse_size(text: str) -> int:
+    """Bytes from ``1G``, ``64M``, ``512K``, ``1GiB`` or a plain number (binary units)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    units = {"K": KiB, "M": MiB, "G": 1024 * MiB}
+    if t and t[-1] in units:
+        return int(float(t[:-1]) * units[t[-1]])
+    return int(t)
+
+
+def mem_available() -> int:
+    """MemAvailable in bytes (what a tmpfs may still take without pushing others out), or 0 if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * KiB
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+class TmpfsDir:
+    """A fresh directory on a tmpfs: one mounted here (root; a size cap, not an allocation), else a directory
+    in /dev/shm. ``with TmpfsDir("name", "16g") as path: ...``; unmounted or removed at the end."""
+
+    def __init__(self, prefix: str, size: str) -> None:
+        self.prefix, self.size = prefix, size
+        self.base: Path | None = None
+        self.mounted: Path | None = None
+        self.kind = ""
+
+    def __enter__(self) -> Path:
+        import _services  # tests/_services.py: the tmpfs mount helpers the test suite uses
+
+        self.base = Path(tempfile.mkdtemp(prefix=f"fractfs-bench-{self.prefix}-"))
+        path = self.base / "tmpfs"
+        try:
+            _services.mount_tmpfs(path, self.size)
+            self.mounted, self.kind = path, f"tmpfs mounted at {path} (size={self.size})"
+            return path
+        except _services.MissingPiece as exc:
+            if not os.access("/dev/shm", os.W_OK):
+                raise SystemExit(f"no tmpfs: {exc}, and /dev/shm is not writable") from exc
+            shm = Path(tempfile.mkdtemp(prefix=f"fractfs-bench-{self.prefix}-", dir="/dev/shm"))
+            shutil.rmtree(self.base, ignore_errors=True)
+            self.base, self.kind = shm, f"{shm} ({exc})"
+            return shm
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.mounted is not None:
+            import _services
+
+            _services.unmount(self.mounted)
+        if self.base is not None:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+#: subject of the merge that made the engine write format v2 (issue 12); the code before it writes v1
+V2_WRITER_MERGE = "Merge i12-writer"
+
+
+def baseline_src(arg: str | None, work: Path) -> tuple[Path | None, str]:
+    """(src directory, label) of the fractfs code to run beside this checkout's, or (None, why not).
+
+    ``arg``: a src directory (``git archive <commit> src | tar -x``), a git revision (archived here into
+    ``work``), ``none``, or None for the default: the commit before the newest "Merge i12-writer" reachable
+    from HEAD, i.e. the last code that wrote format v1; before that merge exists, HEAD itself (which then is
+    the same code as this checkout's, and the label says so).
+    """
+    if arg is not None and arg.lower() == "none":
+        return None, "left out (--baseline none)"
+    if arg is not None and Path(arg).is_dir():
+        src = Path(arg).resolve()
+        if not (src / "fractfs" / "__init__.py").is_file():
+            raise SystemExit(f"--baseline {arg}: not a src directory holding fractfs/")
+        return src, os.fspath(src)
+    git = ["git", "-C", os.fspath(REPO)]
+    same = ""
+    rev = arg
+    if rev is None:
+        r = subprocess.run([*git, "log", "--format=%H", "-1", "--fixed-strings", f"--grep={V2_WRITER_MERGE}"],
+                           capture_output=True, text=True, check=False)
+        found = r.stdout.strip()
+        if r.returncode != 0:
+            return None, f"git log failed: {r.stderr.strip()}"
+        rev = f"{found}^1" if found else "HEAD"
+        same = "" if found else f", no '{V2_WRITER_MERGE}' in the history yet: the same code as fractfs"
+    r = subprocess.run([*git, "rev-parse", "--short", f"{rev}^{{commit}}"], capture_output=True, text=True,
+                       check=False)
+    if r.returncode != 0:
+        return None, f"{rev} is not a commit here ({r.stderr.strip()})"
+    short = r.stdout.strip()
+    dest = work / f"baseline-{short}"
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.Popen([*git, "archive", short, "src"], stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", os.fspath(dest)], stdin=archive.stdout, check=True)
+    if archive.wait() != 0:
+        raise SystemExit(f"git archive {short} src failed")
+    return dest / "src", f"{short}{same}"
+
+
+def proc_cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """utime + stime of a process (all its threads, those that exited included) or of one of its threads."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
