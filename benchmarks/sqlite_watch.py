@@ -9,7 +9,7 @@ node's scratch on the same tmpfs. A fresh process runs ``fractfs.init()`` with `
 otherwise default settings, creates its database (a copy of one made beforehand, so every tool gets the same
 bytes; made after ``init()``, since a file present at the first start is taken for the deploy bundle), takes
 the first checkpoint (``sync_now()``, the whole database: not counted), waits until fractfs is idle (at most
-15 s), keeps the database open without writing for ``--idle`` seconds (measured: an idle app should cost
+15 s; 4 s in the quick run), keeps the database open without writing for ``--idle`` seconds (measured: an idle app should cost
 nothing), and then for ``--seconds`` commits one transaction a second that updates 3 random rows with new
 random blobs (a few dozen 4 KiB pages). fractfs checkpoints on its own, as the watcher and the daemon
 decide. After the last transaction the app waits (at most 120 s) until a checkpoint that
@@ -78,13 +78,14 @@ BLOB = 8 * KiB
 ROWS_PER_TXN = 3
 
 # The app. argv: seconds, rows in the table, Volume dir, max store growth in bytes, the database to start
-# from, seconds of idle before the transactions. Prints JSON lines: one when ready, one report at the end.
+# from, seconds of idle before the transactions, and how long at most to wait for fractfs to settle before
+# that. Prints JSON lines: one when ready, one report at the end.
 CHILD = r"""
 import json, os, random, shutil, sqlite3, sys, threading, time
 import fractfs
 
 seconds, rows, volume, max_growth = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-master, idle = sys.argv[5], float(sys.argv[6])
+master, idle, settle = sys.argv[5], float(sys.argv[6]), float(sys.argv[7])
 DB, BLOB, PER_TXN, TICK = "app.db", 8192, 3, os.sysconf("SC_CLK_TCK")
 
 def out(**kw):
@@ -115,11 +116,11 @@ con.execute("PRAGMA journal_mode=WAL")
 t = time.monotonic()
 fractfs.sync_now()
 first_s = time.monotonic() - t
-# the watcher saw the database and its -wal appear: give fractfs up to 15 s to become idle (3 s without a
-# checkpoint running), then go on whatever it does
+# the watcher saw the database and its -wal appear: give fractfs up to `settle` seconds to become idle (2 s
+# without a checkpoint running), then go on whatever it does
 t = time.monotonic()
 quiet_since = t
-while time.monotonic() - quiet_since < 3.0 and time.monotonic() - t < 15.0:
+while time.monotonic() - quiet_since < 2.0 and time.monotonic() - t < settle:
     time.sleep(0.1)
     if fractfs.status()["sync_running"]:
         quiet_since = time.monotonic()
@@ -241,9 +242,10 @@ def run_tool(tool: str, src: Path, tmp: Path, master: Path, rows: int, seconds: 
     log = work / "app.log"
     try:
         with open(log, "w") as err:
+            settle = 4.0 if seconds < 10 else 15.0
             proc = subprocess.Popen([sys.executable, "-c", CHILD, str(seconds), str(rows), os.fspath(volume),
-                                     str(max_growth), os.fspath(master), str(idle)], env=env, cwd=root, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=err, text=True)
+                                     str(max_growth), os.fspath(master), str(idle), str(settle)], env=env,
+                                    cwd=root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True)
             assert proc.stdout is not None
             docs: list[dict[str, Any]] = []
             for line in proc.stdout:

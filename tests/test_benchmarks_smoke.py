@@ -20,7 +20,8 @@ from _services import in_ci
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 # (script, what its table must show: rows and peer columns, timeout in seconds). Together about 60 s,
-# plus about 45 s for cold_start.py (S3 included) on a loaded machine.
+# plus about 45 s for cold_start.py (S3 included), 30 s for chunked_edit.py and 20 s for sqlite_watch.py on a
+# loaded machine.
 CASES = [
     ("noop_checkpoint.py", ["bare os.scandir walk", "walk + lstat per entry", "fractfs no-op checkpoint",
                             "no-op / bare walk"], 60),
@@ -32,9 +33,15 @@ CASES = [
                        "cold init 200 (S3)", "| s5cmd cp", "first checkpoint after cold init 300",
                        "git status (first, after clone)", "no-op checkpoint after it 300", "git status (again)",
                        "peak RSS MiB", "time per file (whole process) at 600"], 120),
+    ("chunked_edit.py", ["| first checkpoint", "| 4 KiB overwrite in the middle", "| 4 KiB insert in the middle",
+                         "| 4 KiB append", "snapshots, one 4 KiB edit each: store after prune", "| fractfs MiB",
+                         "| fractfs v1 MiB", "| restic MiB", "| fractfs / first", "| fractfs / restic bytes"], 120),
+    ("sqlite_watch.py", ["idle: daemon CPU % of a core", "| uploaded MiB (Volume growth",
+                         "daemon CPU % of a core during the transactions", "data-loss window mean s",
+                         "transactions never in a snapshot", "| fractfs |"], 90),
 ]
 #: measurements of fractfs alone (no peer to compare with, so no ratio)
-NO_PEERS = {"data_loss_window.py"}
+NO_PEERS = {"data_loss_window.py", "sqlite_watch.py"}
 #: how the scripts announce a peer or a privilege they had to do without (benchmarks/_bench.py and the
 #: scripts' own handlers of a missing service)
 SKIP_NOTE = re.compile(r"^note: skip(?:ping|ped):? (.*)$", re.MULTILINE)
