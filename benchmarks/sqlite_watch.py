@@ -7,7 +7,8 @@ The app: a SQLite database of ``--size`` (default 1 GiB: a table of 8 KiB random
 root on a tmpfs (mounted here as root, else a directory in /dev/shm), the Volume (``backend = "local"``) and the
 node's scratch on the same tmpfs. A fresh process runs ``fractfs.init()`` with ``sync_mode = "watch"`` and
 otherwise default settings, creates its database (a copy of one made beforehand, so every tool gets the same
-bytes; made after ``init()``, since a file present at the first start is taken for the deploy bundle), takes
+bytes, renamed into place whole; made after ``init()``, since a file present at the first start is taken
+for the deploy bundle), takes
 the first checkpoint (``sync_now()``, the whole database: not counted), waits until fractfs is idle (at most
 15 s; 4 s in the quick run), keeps the database open without writing for ``--idle`` seconds (measured: an idle app should cost
 nothing), and then for ``--seconds`` commits one transaction a second that updates 3 random rows with new
@@ -109,8 +110,13 @@ def volume_bytes():
 
 st = fractfs.init()
 # the app makes its database after init(): a file already there when init() first runs on a node would be
-# taken for the deploy bundle and never checkpointed (auto_ignore_bundle)
-shutil.copyfile(master, DB)
+# taken for the deploy bundle and never checkpointed (auto_ignore_bundle). It appears whole (copied next to
+# the app root, then renamed in), as SQLite would have built it: a watch-mode checkpoint that read a half-copied
+# file would find it malformed and store it as plain bytes, and fractfs would then treat it as a plain file
+# (its -wal recorded raw, never a backup) until its main file changes
+staging = os.path.join(os.path.dirname(os.getcwd()), "staging.db")
+shutil.copyfile(master, staging)
+os.replace(staging, DB)
 con = sqlite3.connect(DB, isolation_level=None)
 con.execute("PRAGMA journal_mode=WAL")
 t = time.monotonic()
