@@ -4,13 +4,14 @@ The daemon asks :meth:`Budget.hold` before every background checkpoint and does 
 it returns. Every checkpoint that runs through :class:`~fractfs.checkpointer.Checkpointer` (background ones and
 ``sync_now()``) is measured and :meth:`Budget.record` -ed: its CPU time and the bytes it sent to the store.
 
-The arithmetic is pacing without saved-up credit: a checkpoint that started at ``s`` and cost ``c`` CPU
-seconds lets the next background one start at ``s + c / cpu_budget`` at the earliest (and likewise
-``s + bytes / upload_budget``). A checkpoint costing 1 s of CPU under a 0.2 budget is followed by at least
-4 s of rest; one costing 10 ms is followed by 40 ms, less than any interval or debounce, so cheap checkpoints
-are never delayed. Over any minute fractfs then uses at most ``cpu_budget`` of a core plus one checkpoint's
-own cost (the one running at the window's edge), i.e. ``0.2 + c/60``. Idle time earns no credit on purpose:
-a quiet minute followed by a write storm must not turn into seconds of a full core taken from the app.
+The arithmetic is pacing without saved-up credit: a checkpoint that started at ``s`` and cost ``c`` CPU seconds
+lets the next background one start at ``s + c / cpu_budget`` at the earliest (and likewise ``s + bytes /
+upload_budget``). After a checkpoint costing 1 s of CPU under a 0.2 budget the next one starts 5 s after it
+started at the earliest; after one costing 10 ms, 50 ms after, sooner than any interval or debounce would, so
+cheap checkpoints are never delayed. Over any minute fractfs then uses at most ``cpu_budget`` of a core plus
+one checkpoint's own cost (the one running at the window's edge), i.e. ``0.2 + c/60``. Idle time earns no
+credit on purpose: a quiet minute followed by a write storm must not turn into seconds of a full core taken
+from the app.
 
 Explicit checkpoints (``sync_now()``, the final one at SIGTERM) are never held: the user asked for them. Their
 cost still counts, so the background checkpoint after a ``sync_now()`` waits for it as for its own; that debt
