@@ -27,6 +27,7 @@ CASES = [
                             "no-op / bare walk"], 60),
     ("bulk_tmpfs.py", ["fractfs checkpoint", "cp -r", "throughput fractfs / cp"], 60),
     ("data_loss_window.py", ["| interval |", "| watch |", "lost", "window mean s"], 120),
+    ("background_cost.py", ["| interval |", "| watch |", "| 0.05 ", "cpu % of a core", "window max s"], 120),
     ("s3_transfer.py", ["restore 100 x 4 KiB", "| fractfs |", "| s5cmd |", "| rclone |", "| fractfs 0.2.1 |",
                         "fractfs/fractfs 0.2.1"], 120),
     ("cold_start.py", ["cold init 300 (disk)", "cold init 300 (tmpfs)", "| tar -xf", "| cp -a",
@@ -41,7 +42,7 @@ CASES = [
                          "transactions never in a snapshot", "| fractfs |"], 90),
 ]
 #: measurements of fractfs alone (no peer to compare with, so no ratio)
-NO_PEERS = {"data_loss_window.py", "sqlite_watch.py"}
+NO_PEERS = {"data_loss_window.py", "background_cost.py", "sqlite_watch.py"}
 #: how the scripts announce a peer or a privilege they had to do without (benchmarks/_bench.py and the
 #: scripts' own handlers of a missing service)
 SKIP_NOTE = re.compile(r"^note: skip(?:ping|ped):? (.*)$", re.MULTILINE)
