@@ -14,6 +14,7 @@ from test_snapshot_support import everything, make_store, store_keys, temp_lefto
 from fractfs.snapshot import checkpoint, latest_paths, list_snapshots, restore
 from fractfs.snapshot import capture as capture_mod
 from fractfs.snapshot import engine as engine_mod
+from fractfs.snapshot import pack2
 from fractfs.snapshot.format import SQLITE_MAGIC
 from fractfs.stores import PosixStore
 
@@ -148,7 +149,8 @@ def test_identical_content_is_stored_once(tmp_path: Path) -> None:
         write(src["root"], f"copy{i}", blob)
     res = checkpoint(store, src, everything, state_dir=tmp_path / "state")
     assert res.stored == [f"root:copy{i}" for i in range(5)]  # every new file is listed ...
-    assert sum(s for _, s in store.list("packs/")) == len(blob)  # ... and the bytes are stored once
+    # ... and the bytes are stored once: one pack member, plus the pack's index record and trailer
+    assert sum(s for _, s in store.list("packs/")) == len(blob) + pack2.RECORD.size + pack2.TRAILER.size
     dst = _areas(tmp_path, "fresh")
     restore(store, dst)
     assert all((dst["root"] / f"copy{i}").read_bytes() == blob for i in range(5))

@@ -82,8 +82,10 @@ class Uploader:
     """
 
     def __init__(self, store: Store, transfers: int, *, until: float | None = None,
-                 large_lanes: int | None = None):
+                 large_lanes: int | None = None, max_inflight: int = MAX_INFLIGHT_BYTES):
         self.store = store
+        #: bytes queued or uploading before submitting more waits (the caller's memory bound)
+        self.max_inflight = max_inflight
         self.transfers = max(1, transfers)
         self.until = until
         self.pool = ThreadPoolExecutor(max_workers=self.transfers, thread_name_prefix="fractfs-put")
@@ -111,7 +113,7 @@ class Uploader:
 
     def _reserve(self, n: int) -> None:
         with self._cv:
-            while self._inflight > 0 and self._inflight + n > MAX_INFLIGHT_BYTES and self.failed is None:
+            while self._inflight > 0 and self._inflight + n > self.max_inflight and self.failed is None:
                 if self.until is not None:
                     left = self.until - time.monotonic()
                     if left <= 0:
@@ -151,7 +153,7 @@ class Uploader:
         if self.batched:
             self.batch.append((key, data))
             self.batch_bytes += len(data)
-            if len(self.batch) >= self.transfers or self.batch_bytes >= MAX_INFLIGHT_BYTES // 2:
+            if len(self.batch) >= self.transfers or self.batch_bytes >= self.max_inflight // 2:
                 self._flush()
             return
         self.futures.append(self.pool.submit(self._run, lambda: store_blob(self.store, key, data), len(data)))
