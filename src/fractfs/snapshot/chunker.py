@@ -266,8 +266,8 @@ def chunks(source: Source, *, params: Params = FORMAT_PARAMS, native: Optional[b
         offset += length
 
 
-#: Buffers of :func:`chunks_pipelined`: each holds 8 windows; three of them bound its memory to ~50 MiB.
-PIPE_BLOCK_WINDOWS = 8
+#: Buffers of :func:`chunks_pipelined`: each holds 4 windows (8 MiB); three of them bound its memory to ~24 MiB.
+PIPE_BLOCK_WINDOWS = 4
 PIPE_BLOCKS = 3
 
 

@@ -253,7 +253,7 @@ def prepare(store: Store, areas: dict[str, Path], want: Want | None, state_dir: 
     result.uploaded_bytes = _store_dirty(store, areas, ch, opts, state_dir / "tmp", result)
     kept, waiting = diff.carry_unrestored(ch, state_dir, areas, pick)
     result.kept_unrestored = [e.label for e in kept]
-    legacy = _fall_back_to_v1(ch, result)
+    legacy = _fall_back_to_v1(ch, result, rechunked)
     # a file chunked anew only because its stored form was v1's holds the content the cache vouched for
     result.stored = [p for p in diff.stored_paths(ch) if p not in rechunked]
     result.deleted = sorted(f"{a}:{r}" for (a, r) in base.entries if (a, r) not in ch.new)
@@ -513,23 +513,25 @@ def _rechunk_legacy(ch: Changes, walked: WalkResult) -> set[str]:
     return {f"{a}:{r}" for a, r in stale}
 
 
-def _fall_back_to_v1(ch: Changes, result: CheckpointResult) -> bool:
+def _fall_back_to_v1(ch: Changes, result: CheckpointResult, rechunked: set[str]) -> bool:
     """When the next snapshot would still hold files only format v1 can describe (ones this checkpoint could
     not read again: busy, out of time, refused, unreadable, kept for an unfinished restore), it is written as
     v1, which loses none of them; files stored as several chunks, which v1 cannot describe, keep their
-    previous version this time (listed as busy). The next checkpoint tries the migration again. True when
-    the snapshot is to be written as v1."""
+    previous version this time (listed as busy, unless only their stored form was to change: ``rechunked``).
+    The next checkpoint tries the migration again. True when the snapshot is to be written as v1."""
     legacy = sorted(k for k, e in ch.new.items() if e.type == FILE and not manifests.expressible(e))
     if not legacy:
         return False
     held = sorted(k for k, e in ch.new.items() if e.chunks)
     for key in held:
+        label = f"{key[0]}:{key[1]}"
         if key in ch.base.entries:
             ch.carry(key)
         else:
             del ch.new[key]
             del ch.rows[key]
-        result.skipped_busy.append(f"{key[0]}:{key[1]}")
+        if label not in rechunked:
+            result.skipped_busy.append(label)
     ch.digest_ok = False
     log.warning("fractfs: checkpoint written in format v1 once more: %d files stored in v1's large-file form "
                 "could not be read again to store them as chunks (%s)%s", len(legacy),

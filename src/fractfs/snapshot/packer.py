@@ -25,7 +25,7 @@ from ..stores.base import Store
 from .chunker import MIB
 from .format import FILE, ChunkRef, Entry, pack_key
 from .manifest2 import MAX_CHUNK
-from .pack2 import Bytes, PackWriter
+from .pack2 import RECORD, TRAILER, Bytes, PackWriter
 from .xfer import MAX_INFLIGHT_BYTES, Uploader, store_blob
 
 log = logging.getLogger("fractfs")
@@ -100,6 +100,10 @@ class Packer:
         self.store = store
         self.pack_size = max(pack_size if until is None else min(pack_size, DEADLINE_PACK), 1)
         self.up = Uploader(store, transfers, until=until, max_inflight=inflight_bound(transfers, self.pack_size))
+        #: the store's largest object (a Files API request, lowered in tests): packs stay under it, so only a
+        #: chunk that is larger by itself is refused, not the small files that would share its pack
+        limit = getattr(store, "max_object_size", None)
+        self.max_object = limit if isinstance(limit, int) and limit > 0 else None
         self.known = known
         self.pack = Pack()
         self.placed: dict[str, Slot] = {}  # sha256 -> where this checkpoint put it
@@ -118,6 +122,8 @@ class Packer:
         if ref is not None:
             slot = Slot(ref.pack, ref.offset, ref.length, sha)
         else:
+            if self.max_object is not None and self._over_limit(len(data)):
+                self.seal()
             pack = self.pack
             assert pack.writer is not None
             slot = Slot(pack, pack.writer.add(digest, bytes(data) if copy else data), len(data), sha)
@@ -126,6 +132,12 @@ class Packer:
                 self.seal()
         self.placed[sha] = slot
         return slot
+
+    def _over_limit(self, n: int) -> bool:
+        """Whether a member of ``n`` bytes would take the current (non-empty) pack over the store's limit."""
+        w = self.pack.writer
+        assert w is not None and self.max_object is not None
+        return bool(len(w)) and w.size + n + (len(w) + 1) * RECORD.size + TRAILER.size > self.max_object
 
     def put_copy(self, digest: bytes, data: Bytes) -> Slot:
         """:meth:`put` of a chunk whose buffer the caller reuses (the streaming chunker's)."""
