@@ -48,6 +48,7 @@ from .format import (
     parse_snapshot_id,
     valid_area,
 )
+from .manifest2 import MAX_CHUNK
 from .packer import MISSED, REJECTED, Known, Packer
 from .scan import S_IFDIR, S_IFLNK, S_IFREG, WalkResult, Want
 from .statcache import CacheHeader, Rows, StateLock
@@ -459,8 +460,12 @@ def _place(ch: Changes, key: Key, cap: Captured, packer: Packer, placed: dict[Ke
     if cap.slots is None:
         assert cap.data is not None and cap.pieces is not None
         view = memoryview(cap.data)
-        # the packs keep views of the file's bytes until they are stored: no copy
-        cap.slots = [packer.put(d, view[off:off + n]) for off, n, d in cap.pieces]
+        # The packs keep views of the file's bytes until they are stored (no copy), which keeps the whole
+        # buffer alive: when only a small part of it is new (an edit), the new chunks are copied instead, so a
+        # pack never pins much more memory than its own size.
+        new = sum(n for _off, n, d in cap.pieces if not packer.has(d))
+        copy = 0 < new * 2 < len(view)
+        cap.slots = [packer.put(d, view[off:off + n], copy) for off, n, d in cap.pieces]
         cap.data = cap.pieces = None
     placed[key] = cap
 
@@ -496,11 +501,18 @@ def _file_entry(key: Key, cap: Captured) -> Entry:
     return entry._replace(chunks=refs)
 
 
+def _legacy(entries: dict[Key, Entry]) -> list[Key]:
+    """Files stored in a form only format v1 can describe (:func:`.manifests.expressible`, inlined: this runs
+    over every entry of every checkpoint that writes)."""
+    limit = MAX_CHUNK
+    return [k for k, e in entries.items() if e.object or (e.pack and e.size > limit)]
+
+
 def _rechunk_legacy(ch: Changes, walked: WalkResult) -> set[str]:
     """Files the stat cache vouches for but whose stored form only format v1 can describe (an ``objects/``
     object, or a pack slice longer than a chunk): move them to the files to read, so this checkpoint stores
     them as chunks (the first checkpoint of a v1 store, docs/format-v2-draft.md §5). Returns their labels."""
-    stale = [k for k, e in ch.new.items() if e.type == FILE and not manifests.expressible(e) and k not in ch.carried]
+    stale = [k for k in _legacy(ch.new) if k not in ch.carried]
     if not stale:
         return set()
     recs = {area: {rec[0]: rec for rec in walked.records.get(area, [])} for area in {a for a, _ in stale}}
@@ -519,7 +531,7 @@ def _fall_back_to_v1(ch: Changes, result: CheckpointResult, rechunked: set[str])
     v1, which loses none of them; files stored as several chunks, which v1 cannot describe, keep their
     previous version this time (listed as busy, unless only their stored form was to change: ``rechunked``).
     The next checkpoint tries the migration again. True when the snapshot is to be written as v1."""
-    legacy = sorted(k for k, e in ch.new.items() if e.type == FILE and not manifests.expressible(e))
+    legacy = sorted(_legacy(ch.new))
     if not legacy:
         return False
     held = sorted(k for k, e in ch.new.items() if e.chunks)

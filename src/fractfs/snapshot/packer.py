@@ -110,6 +110,11 @@ class Packer:
         self.uploaded = 0  # bytes handed to the store so far
         self.new_chunks = 0
 
+    def has(self, digest: bytes) -> bool:
+        """Whether a chunk with this digest is already placed or stored (:meth:`put` would not add it)."""
+        sha = digest.hex()
+        return sha in self.placed or (self.known is not None and self.known.get(sha) is not None)
+
     def put(self, digest: bytes, data: Bytes, copy: bool = False) -> Slot:
         """Place one chunk (``data``, whose SHA-256 is ``digest``) and say where it is. ``copy``: ``data`` is a
         view into a buffer that will be reused (the streaming chunker's), so a new chunk's bytes are copied;
