@@ -25,6 +25,8 @@ CASES = [
     ("noop_checkpoint.py", ["bare os.scandir walk", "walk + lstat per entry", "fractfs no-op checkpoint",
                             "no-op / bare walk"], 60),
     ("bulk_tmpfs.py", ["fractfs checkpoint", "cp -r", "throughput fractfs / cp"], 60),
+    ("v2_edit.py", ["first checkpoint of 64 MiB (pipeline)", "4 KiB overwrite in the middle (one thread)",
+                    "1 MiB append (pipeline)", "edit / first (pipeline"], 120),
     ("data_loss_window.py", ["| interval |", "| watch |", "lost", "window mean s"], 120),
     ("s3_transfer.py", ["restore 100 x 4 KiB", "| fractfs |", "| s5cmd |", "| rclone |", "| fractfs 0.2.1 |",
                         "fractfs/fractfs 0.2.1"], 120),
