@@ -490,3 +490,22 @@ def test_a_crash_in_the_first_v2_checkpoint_leaves_the_v1_snapshot_newest(tmp_pa
     checkpoint(store, node, everything, state_dir=sd)
     assert _newest(store).version == 2
     assert _content(store, _entries(store)["small.txt"]) == b"edited"
+
+
+def test_a_small_file_holding_a_chunked_files_digests_is_not_mistaken_for_it(tmp_path: Path) -> None:
+    """A file's content id is the SHA-256 of its bytes when it is one chunk, and the SHA-256 of its chunks'
+    digests when it has several: a small file whose bytes are exactly those digests has the same id. It must
+    get its own bytes stored, not the big file's chunks."""
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    sd = tmp_path / "state"
+    write(src["root"], "big.bin", _rand(12 * MiB, 30))
+    checkpoint(store, src, everything, state_dir=sd)
+    big = _entries(store)["big.bin"]
+    digests = b"".join(bytes.fromhex(c.sha256) for c in big.chunks)
+    write(src["root"], "digests", digests)
+    for state in (sd, tmp_path / "fresh-state"):  # with the stat cache, and comparing with the store's manifest
+        checkpoint(store, src, everything, state_dir=state)
+        e = _entries(store)["digests"]
+        assert e.sha256 == big.sha256 and e.size == len(digests) and not e.chunks
+        assert _content(store, e) == digests

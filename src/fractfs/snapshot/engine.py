@@ -452,8 +452,10 @@ def _place(ch: Changes, key: Key, cap: Captured, packer: Packer, placed: dict[Ke
     prev = ch.base.entries.get(key)
     known = prev if (prev is not None and prev.type == FILE and prev.sha256 == cap.sha
                      and (prev.stored or not prev.size)) else ch.base.dedup.get(cap.sha)
-    if known is not None and not manifests.expressible(known):
-        known = None  # stored in a v1 form v2 cannot point at: store it as chunks
+    if known is not None and (known.size != cap.size or not manifests.expressible(known)):
+        # stored in a v1 form v2 cannot point at: store it as chunks. (A size that differs means a content
+        # id of one kind met one of the other: a small file holding exactly another file's chunk digests.)
+        known = None
     if known is not None or cap.size == 0:
         ch.put(key, diff.relocate(entry, known), cap.facts, cap.side)
         return
