@@ -188,7 +188,12 @@ def capture(path: str, ctx: CaptureContext) -> Captured | str:
             if st0.st_mode & 0o170000 != S_IFREG:
                 return BUSY
             size = st0.st_size
-            if os.pread(fd, 16, 0) == SQLITE_MAGIC and path not in ctx.sqlite_unreadable_logged:
+            large = size >= ctx.large
+            # a small file's first read holds its header (one read for most files); a large one's is peeked at
+            data = os.pread(fd, 16, 0) if large else _read_into(fd, size, ctx)
+            if data is None:
+                return OUT_OF_TIME
+            if data[:16] == SQLITE_MAGIC and path not in ctx.sqlite_unreadable_logged:
                 # the backup API gives a consistent copy however busy the database is
                 os.close(fd)
                 fd = -1
@@ -196,15 +201,12 @@ def capture(path: str, ctx: CaptureContext) -> Captured | str:
                 if got is not None:
                     return got
                 continue  # not readable as a database: copy its bytes like any file
-            if size >= ctx.large:
+            if large:
                 return LARGE
             wait = racy_ns(st0.st_ctime_ns)
             if wait:
                 time.sleep(wait / 1e9)
                 continue
-            data = _read_into(fd, size, ctx)
-            if data is None:
-                return OUT_OF_TIME
             if _after_read_hook is not None:
                 _after_read_hook(path)
             st1 = os.fstat(fd)

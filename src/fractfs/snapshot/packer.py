@@ -26,7 +26,7 @@ from .chunker import MIB
 from .format import FILE, ChunkRef, Entry, pack_key
 from .manifest2 import MAX_CHUNK
 from .pack2 import RECORD, TRAILER, Bytes, PackWriter
-from .xfer import MAX_INFLIGHT_BYTES, Uploader, store_blob
+from .xfer import MAX_INFLIGHT_BYTES, Uploader, store_parts
 
 log = logging.getLogger("fractfs")
 
@@ -159,8 +159,8 @@ class Packer:
         size = sum(len(p) for p in parts)
         self.uploaded += size
         store, key = self.store, pack_key(pack.id)
-        # joined on the upload pool: the reading thread goes on with the next chunks meanwhile
-        pack.future = self.up.submit(lambda: store_blob(store, key, b"".join(parts)), size)
+        # written on the upload pool while the reading thread goes on (as parts: see store_parts)
+        pack.future = self.up.submit(lambda: store_parts(store, key, parts), size)
 
     def finish(self) -> None:
         """Seal the last pack and wait for every upload (under a cutoff: until then); raises the first failure

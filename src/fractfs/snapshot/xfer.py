@@ -12,7 +12,7 @@ from concurrent.futures import wait as wait_futures
 from typing import Any, Callable, cast
 
 from ..errors import AlreadyExists, ObjectRejected, StoreError
-from ..stores.base import BatchStore, Store
+from ..stores.base import BatchStore, Parts, Store, put_parts
 from ..stores.transfer import parallel_map
 
 #: Upper bound of pack bytes held in memory waiting for upload, so a big first checkpoint on a 2-vCPU / 8 GB
@@ -66,6 +66,19 @@ def store_blob(store: Store, key: str, data: bytes) -> None:
             return
         store.put(key, data)
     check_stored(store, key, len(data))
+
+
+def store_parts(store: Store, key: str, parts: Parts) -> None:
+    """:func:`store_blob` of the blob whose bytes are ``parts`` one after the other (not joined in memory
+    where the store writes parts itself, see :func:`~fractfs.stores.base.put_parts`)."""
+    size = sum(len(p) for p in parts)
+    try:
+        put_parts(store, key, parts, exclusive=True)
+    except AlreadyExists:
+        if store.size(key) == size:
+            return
+        put_parts(store, key, parts)
+    check_stored(store, key, size)
 
 
 class Uploader:

@@ -50,6 +50,30 @@ class Store(Protocol):
         """Remove ``key``; a missing key is not an error."""
 
 
+#: A store's bytes given as parts, written one after the other (see :func:`put_parts`).
+Parts = Sequence["bytes | bytearray | memoryview"]
+
+
+def put_parts(store: Store, key: str, parts: Parts, *, exclusive: bool = False) -> None:
+    """``store.put(key, b"".join(parts))``, without the join when the store's class writes parts itself
+    (``put_parts``, e.g. :class:`~fractfs.stores.posix.PosixStore` with ``writev``): a pack of many chunks
+    then costs no copy in memory, and no thread holds the GIL for one.
+
+    Only a ``put_parts`` defined by the same class as the store's ``put`` counts: a wrapper that forwards
+    unknown attributes to the store it wraps, or a subclass that overrides ``put`` (fault injection, counting,
+    slowing down in tests), must see every write through its ``put``, not be bypassed."""
+    cls = type(store)
+    owner = _definer(cls, "put_parts")
+    if owner is not None and owner is _definer(cls, "put"):
+        owner.__dict__["put_parts"](store, key, parts, exclusive=exclusive)
+    else:
+        store.put(key, b"".join(parts), exclusive=exclusive)
+
+
+def _definer(cls: type, name: str) -> type | None:
+    return next((c for c in cls.__mro__ if name in c.__dict__), None)
+
+
 @runtime_checkable
 class BatchStore(Store, Protocol):
     """Optional fast paths for many small objects.
