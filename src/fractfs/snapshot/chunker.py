@@ -267,7 +267,7 @@ def chunks(source: Source, *, params: Params = FORMAT_PARAMS, native: Optional[b
 
 
 #: Buffers of :func:`chunks_pipelined`: each holds 4 windows (8 MiB); three of them bound its memory to ~24 MiB.
-PIPE_BLOCK_WINDOWS = 4
+PIPE_BLOCK_WINDOWS = 4  # at least 2: the uncut tail is copied within buffers (see _cut_blocks)
 PIPE_BLOCKS = 3
 
 
@@ -328,7 +328,7 @@ def _cut_blocks(reader: Any, cutter: _Cutter, params: Params, limit: Optional[in
     ``(buffer, [(input offset, start in buffer, length), ...])`` on."""
     try:
         readinto = getattr(reader, "readinto", None)
-        tail = b""
+        tail: Buffer = b""
         offset = 0  # input offset of the tail's first byte
         remaining = limit
         eof = False
@@ -339,7 +339,12 @@ def _cut_blocks(reader: Any, cutter: _Cutter, params: Params, limit: Optional[in
                 return
             view = memoryview(buf)
             end = len(tail)
+            # The uncut tail of the previous block, copied from where it is: that buffer is only ever read by
+            # the hashing threads, and refilled by nobody but this worker; if it is this very buffer again, the
+            # tail (under max_size bytes, at the end of a block of more than twice that) cannot overlap its
+            # new place at the start.
             view[:end] = tail
+            tail = b""
             while end < len(buf) and not eof:
                 want = len(buf) - end if remaining is None else min(len(buf) - end, remaining)
                 if want == 0:
@@ -365,7 +370,7 @@ def _cut_blocks(reader: Any, cutter: _Cutter, params: Params, limit: Optional[in
                 cuts.append((offset, start, length))
                 start += length
                 offset += length
-            tail = bytes(view[start:end])  # copied out now: the buffer goes to the hashing thread
+            tail = view[start:end]
             del view
             if cuts:
                 out.put((buf, cuts))
