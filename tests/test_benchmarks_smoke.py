@@ -28,6 +28,7 @@ CASES = [
     ("v2_edit.py", ["first checkpoint of 64 MiB (pipeline)", "4 KiB overwrite in the middle (one thread)",
                     "1 MiB append (pipeline)", "edit / first (pipeline"], 120),
     ("data_loss_window.py", ["| interval |", "| watch |", "lost", "window mean s"], 120),
+    ("background_cost.py", ["| interval |", "| watch |", "| 0.05 ", "cpu % of a core", "window max s"], 120),
     ("s3_transfer.py", ["restore 100 x 4 KiB", "| fractfs |", "| s5cmd |", "| rclone |", "| fractfs 0.2.1 |",
                         "fractfs/fractfs 0.2.1"], 120),
     ("cold_start.py", ["cold init 300 (disk)", "cold init 300 (tmpfs)", "| tar -xf", "| cp -a",
@@ -36,7 +37,7 @@ CASES = [
                        "peak RSS MiB", "time per file (whole process) at 600"], 120),
 ]
 #: measurements of fractfs alone (no peer to compare with, so no ratio)
-NO_PEERS = {"data_loss_window.py"}
+NO_PEERS = {"data_loss_window.py", "background_cost.py"}
 #: how the scripts announce a peer or a privilege they had to do without (benchmarks/_bench.py and the
 #: scripts' own handlers of a missing service)
 SKIP_NOTE = re.compile(r"^note: skip(?:ping|ped):? (.*)$", re.MULTILINE)

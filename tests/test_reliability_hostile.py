@@ -376,8 +376,8 @@ def test_a_manifest_with_millions_of_entries_is_refused_before_the_work(tmp_path
         data, why = _gz_doc(seq, b"[" + entry * 5_000_000 + b"0]"), "inflates to more than"
     elif kind == "zeros":  # cheap values: parsed (small), then too many entries
         data, why = _gz_doc(seq, b"[" + b"0," * 5_000_000 + b"0]"), "5000001 entries, over the limit of 1000000"
-    else:  # 27 MB of "{}," inside the inflate limit: would parse into 9 million dicts
-        data, why = _gz_doc(seq, b"[" + b"{}," * 9_000_000 + b"{}]"), "JSON values, over the limit of 16000000"
+    else:  # 39 MB of "{}," inside the inflate limit: would parse into 13 million dicts
+        data, why = _gz_doc(seq, b"[" + b"{}," * 13_000_000 + b"{}]"), "JSON values, over the limit of 24000000"
     name = raw_manifest(store, seq, [], data=data)
     with pytest.raises(CorruptCheckpointError, match=why):
         decode_manifest(name, data)

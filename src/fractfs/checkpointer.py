@@ -26,6 +26,7 @@ from .stores.base import Store
 from .stores.wrappers import AbortableStore, abortable
 
 if TYPE_CHECKING:
+    from .budget import Budget
     from .config import Config
 
 log = logging.getLogger("fractfs")
@@ -96,12 +97,14 @@ class Checkpointer:
 
     ``keeper`` is the node's lease keeper (None: no lease, e.g. a forced one-shot); ``areas`` and ``want`` are
     called for each checkpoint; ``on_change`` is called whenever :attr:`stats` changed (the runtime persists
-    its status then).
+    its status then). Each checkpoint's CPU and upload volume is recorded in ``budget`` when one is given (the
+    daemon paces background checkpoints by it; see budget.py).
     """
 
     def __init__(self, store: Store, *, areas: Callable[[], dict[str, Path]], want: Callable[[], Want],
                  state_dir: Path, options: Options, keeper: Optional[LeaseKeeper],
-                 stats: Optional[CheckpointStats] = None, on_change: Callable[[], None] = _nothing):
+                 stats: Optional[CheckpointStats] = None, on_change: Callable[[], None] = _nothing,
+                 budget: Optional[Budget] = None):
         self.store = store
         self.areas = areas
         self.want = want
@@ -110,6 +113,7 @@ class Checkpointer:
         self.keeper = keeper
         self.stats = stats if stats is not None else CheckpointStats()
         self.on_change = on_change
+        self.budget = budget
         self.lock = threading.Lock()  # one checkpoint at a time
         self.lock_owner: Optional[int] = None
         self._running: set[AbortableStore] = set()
@@ -162,10 +166,27 @@ class Checkpointer:
             if stopping() and not eager:
                 return []  # the daemon lost the race with shutdown(); the final checkpoint covers it
             beating = keeper.beating() if keeper is not None else contextlib.nullcontext()
-            with beating:
+            with beating, self._metered(background=not eager):
                 return self.run(deadline, self.state_dir)
         finally:
             self.release()
+
+    @contextlib.contextmanager
+    def _metered(self, *, background: bool) -> Iterator[None]:
+        """Record the CPU and upload volume of what runs inside in :attr:`budget` (failed runs cost too)."""
+        budget = self.budget
+        if budget is None:
+            yield
+            return
+        reading = budget.meter.read()
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            cpu = budget.meter.spent(reading)
+            res = self.last_result
+            budget.record(start, time.monotonic(), cpu, res.uploaded_bytes if res is not None else 0,
+                          background=background)
 
     def run(self, deadline: Optional[float], state_dir: Path, kind: str = "sync") -> list[str]:
         """prepare -> fence -> commit, with the lock already held by the caller. Updates :attr:`stats`."""

@@ -11,6 +11,7 @@ import difflib
 import logging
 import os
 import posixpath
+import re
 import sys
 import unicodedata
 from dataclasses import dataclass, field
@@ -59,6 +60,10 @@ class Config:
     #: S3 PUT/GET through fractfs' lean signed-request client (stores/_s3fast.py) rather than botocore; off
     #: sends everything through s3fs (for an endpoint the lean client cannot talk to)
     s3_fast_path: bool = True
+    #: CPU the background checkpoints may use, as a fraction of one core (budget.py); None: unbounded
+    cpu_budget: Optional[float] = 0.2
+    #: bytes per second the background checkpoints may upload on average; None: unbounded
+    upload_budget: Optional[float] = None
     dirs: tuple[str, ...] = ()               #: normalized relative POSIX paths, e.g. "data/blobs"
     local_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()
@@ -105,6 +110,8 @@ class Config:
             "content_hash": self.content_hash,
             "auto_ignore_bundle": self.auto_ignore_bundle,
             "keep_snapshots": self.keep_snapshots,
+            "cpu_budget": self.cpu_budget,
+            "upload_budget": self.upload_budget,
             "patterns": {"local": list(self.local_patterns), "ignore": list(self.ignore_patterns)},
         }
 
@@ -144,6 +151,8 @@ _SCALARS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "grace": ("seconds", ("GRACE",), ()),
     "lease_timeout": ("seconds", ("LEASE_TIMEOUT",), ()),
     "s3_fast_path": ("bool", ("S3_FAST_PATH",), ()),
+    "cpu_budget": ("fraction", ("CPU_BUDGET",), ()),
+    "upload_budget": ("rate", ("UPLOAD_BUDGET",), ()),
 }
 _TABLES = {"dirs": "paths", "local": "patterns", "ignore": "patterns"}
 #: variables that are not settings of their own (the root is where the settings are read from)
@@ -170,8 +179,58 @@ def _env_lookup(env: Mapping[str, str], suffix: str) -> Optional[tuple[str, str]
     return found[0] if found else None
 
 
+#: spellings of "no budget" for cpu_budget and upload_budget (0 too)
+_OFF = {"off", "none", "unbounded", "unlimited", "false", "no"}
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4,
+               "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4}
+_RATE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-z]*)\s*(?:/\s*s)?")
+
+
+def _coerce_budget(kind: str, value: object, where: str) -> float:
+    """cpu_budget ("fraction": 0.2, "20%") or upload_budget ("rate": bytes/s, "10MiB", "5 MB/s"); 0 or "off"
+    mean unbounded and come back as 0.0."""
+    example = "0.2 or \"20%\"" if kind == "fraction" else "\"10MiB\" (per second)"
+    if isinstance(value, bool):
+        raise ConfigError(f"{where} = {value!r}: expected a number such as {example}, or \"off\"")
+    number: float
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _OFF:
+            return 0.0
+        try:
+            if kind == "fraction":
+                number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+            else:
+                m = _RATE.fullmatch(text)
+                if m is None or m.group(2) not in _SIZE_UNITS:
+                    raise ValueError(text)
+                number = float(m.group(1)) * _SIZE_UNITS[m.group(2)]
+        except ValueError:
+            units = "" if kind == "fraction" else " (units B, KB, MB, GB, KiB, MiB, GiB)"
+            raise ConfigError(f"{where} = {value!r}: expected a number such as {example}{units}, or "
+                              "\"off\"") from None
+    elif isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        raise ConfigError(f"{where} = {value!r}: expected a number such as {example}, or \"off\"")
+    if number != number or number in (float("inf"), float("-inf")) or number < 0:
+        raise ConfigError(f"{where} = {value!r}: expected a positive finite number such as {example}, or 0 / "
+                          "\"off\" for no budget")
+    return number
+
+
+def _cores() -> int:
+    """Cores this process may run on (its affinity, where the OS tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _coerce(kind: str, value: object, where: str) -> object:
     """Check/convert one scalar; ``where`` names the file+key or the env var for the error."""
+    if kind in ("fraction", "rate"):
+        return _coerce_budget(kind, value, where)
     if kind == "bool":
         if isinstance(value, bool):
             return value
@@ -466,6 +525,15 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
     sync_mode = str(values.get("sync_mode", "watch")).strip().lower()
     if sync_mode not in ("interval", "watch"):
         raise ConfigError(f"{where('sync_mode')} = {values.get('sync_mode')!r}: use 'interval' or 'watch'")
+    cpu_budget = float(values.get("cpu_budget", 0.2))  # type: ignore[arg-type]
+    cores = _cores()
+    if cpu_budget > cores:
+        raise ConfigError(f"{where('cpu_budget')} = {cpu_budget:g}: a fraction of one core, at most the {cores} "
+                          f"core(s) this process may use (0.2 = a fifth of one core); \"off\" for no budget")
+    upload_budget = float(values.get("upload_budget", 0.0))  # type: ignore[arg-type]
+    if 0 < upload_budget < 1024:
+        raise ConfigError(f"{where('upload_budget')} = {upload_budget:g}: bytes per second, so this would hold "
+                          "checkpoints for hours; give at least 1 KiB, with a unit such as \"10MiB\", or \"off\"")
 
     # -- tables
     def string_list(table: str) -> tuple[str, ...]:
@@ -603,6 +671,8 @@ def load_config(root: Optional[Path | str] = None, env: Optional[Mapping[str, st
         grace=grace,
         lease_timeout=lease_timeout,
         s3_fast_path=bool(values.get("s3_fast_path", True)),
+        cpu_budget=cpu_budget or None,
+        upload_budget=upload_budget or None,
         dirs=tuple(dirs),
         local_patterns=string_list("local"),
         ignore_patterns=string_list("ignore"),

@@ -55,6 +55,10 @@ class ConfigSummary(TypedDict):
     content_hash: bool
     auto_ignore_bundle: bool
     keep_snapshots: int
+    #: fraction of one core the background checkpoints may use; None: unbounded (budget.py)
+    cpu_budget: Optional[float]
+    #: bytes per second the background checkpoints may upload; None: unbounded
+    upload_budget: Optional[float]
     patterns: Patterns
 
 
@@ -95,6 +99,13 @@ class Status(ConfigSummary):
     last_error_time_iso: Optional[str]
     final_sync: Optional[dict[str, Any]]
     watch: Optional[dict[str, Any]]
+    #: ``Budget.describe()``: the budgets, the CPU fraction and upload rate used over the last minute, and how
+    #: long the next background checkpoint is held; None in passthrough mode
+    budget: Optional[dict[str, Any]]
+    #: ``SyncDaemon.loss_window()``: the data-loss window achieved recently (``seconds``: the longest time from
+    #: a change to the commit that saved it; ``stretched_by``: the budget that made it longer); None without
+    #: background checkpoints
+    data_loss_window: Optional[dict[str, Any]]
     bundle_file_count: int
     dirs: dict[str, DirStatus]
     provision: Optional[dict[str, Any]]
@@ -141,6 +152,8 @@ class AppView(TypedDict):
     consecutive_failures: Optional[int]
     syncs: Optional[int]
     watch: Optional[dict[str, Any]]
+    budget: Optional[dict[str, Any]]
+    data_loss_window: Optional[dict[str, Any]]
     healthy: Optional[bool]
     problems: Optional[list[dict[str, str]]]
     written_at: Optional[float]

@@ -25,6 +25,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from . import provision as _provision
+from .budget import Budget
 from .checkpointer import Checkpointer, CheckpointStats, options_for, status_fields
 from .config import Config, load_config
 from .config import relpath_for as relpath_for  # re-exported: it lived here before
@@ -80,6 +81,8 @@ class Runtime:
         self.keeper: Optional[LeaseKeeper] = None
         self.checkpointer: Optional[Checkpointer] = None
         self.stats = CheckpointStats()
+        #: paces the background checkpoints (cpu_budget, upload_budget); None in passthrough mode
+        self.budget = None if config.passthrough else Budget(config.cpu_budget, config.upload_budget)
         self.watcher: Any = None  # fractfs.watch.TreeWatcher in watch mode
         # effective mode: watch falls back to interval where unavailable; MANUAL when sync_interval is 0
         self.sync_mode = config.sync_mode
@@ -171,7 +174,7 @@ class Runtime:
         self.checkpointer = Checkpointer(
             self.store, areas=lambda: areas_for(self.config), want=self.selection, state_dir=cfg.state_dir,
             options=options_for(cfg, self.node_id), keeper=self.keeper, stats=self.stats,
-            on_change=self._persist_status)
+            on_change=self._persist_status, budget=self.budget)
 
     def _start_writer(self, *, force: bool, restore: bool, start_daemon: bool) -> None:
         cfg = self.config
@@ -216,7 +219,11 @@ class Runtime:
         if start_daemon:
             self._final_at_exit = True
             if cfg.sync_interval > 0:
-                self.daemon = SyncDaemon(self._daemon_tick, cfg.sync_interval)
+                # after each round the status file gets the round's data-loss window (the checkpoint itself
+                # wrote it before the daemon knew)
+                self.daemon = SyncDaemon(self._daemon_tick, cfg.sync_interval,
+                                         hold=self.budget.hold if self.budget is not None else None,
+                                         after=self._persist_status)
                 self.daemon.start()
                 if self.sync_mode == "watch":
                     self._start_watch()
@@ -330,6 +337,8 @@ class Runtime:
             self.sync_mode = "interval"
             return
         self.watcher = watcher
+        assert self.daemon is not None
+        self.daemon.watched = True
 
     def _restore(self, newest: Optional[Manifest], damaged: list[str]) -> dict[str, Any]:
         """Restore ``newest`` (as start() found it), or report why there is nothing to restore."""
@@ -733,6 +742,9 @@ class Runtime:
             **status_fields(self.stats, iso_utc),
             "final_sync": self.final_sync,
             "watch": self.watcher.describe() if self.watcher is not None else None,
+            # the pacing of background checkpoints (budget.py) and the window it leads to (daemon.py)
+            "budget": self.budget.describe() if self.budget is not None else None,
+            "data_loss_window": self.daemon.loss_window() if self.daemon is not None else None,
             "bundle_file_count": len(self.bundle),
             "dirs": dirs,
             "provision": report,

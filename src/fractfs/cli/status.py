@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any, Optional
 
 from ..report import OfflineStatus, human_bytes, offline_status
 from ..snapshot.format import short_id
@@ -71,7 +72,8 @@ def show(st: OfflineStatus, out: Out) -> None:
     else:
         sync = ("manual (sync_interval = 0: no background checkpoints; only `fractfs sync`, sync_now() and "
                 "the final one at exit)")
-    out.line(f"sync        {sync}, content_hash {'on' if st['content_hash'] else 'off'}")
+    out.line(f"sync        {sync}, content_hash {'on' if st['content_hash'] else 'off'}, "
+             f"{_budgets(st['cpu_budget'], st['upload_budget'])}")
     _app(st, out)
     if st["healthy"]:
         out.line("health      ok")
@@ -127,5 +129,41 @@ def _app(st: OfflineStatus, out: Out) -> None:
         synced = f", last checkpoint {when(last)}" if isinstance(last, (int, float)) else ""
         role = "writer" if app.get("writer") else "not the writer"
         out.line(f"app         running here (pid {app.get('pid')}, {role}{synced})")
+        budget, window = app.get("budget"), app.get("data_loss_window")
+        if budget:
+            out.line(f"cost        {_cost(budget)}")
+        if window:
+            out.line(f"loss window {_window(window)}")
     else:
         out.line(f"app         not running here (last seen pid {app.get('pid')})")
+
+
+def _share(fraction: float) -> str:
+    return f"{fraction * 100:.3g} %"
+
+
+def _budgets(cpu: Optional[float], upload: Optional[float]) -> str:
+    text = f"cpu budget {_share(cpu)} of a core" if cpu else "no cpu budget"
+    return text + (f", upload budget {human_bytes(upload)}/s" if upload else "")
+
+
+def _cost(b: dict[str, Any]) -> str:
+    """What the background checkpoints used over the last minute, against their budgets."""
+    cpu = f"cpu {_share(float(b.get('cpu_used') or 0))} of a core over the last minute"
+    cpu += f" (budget {_share(b['cpu_budget'])})" if b.get("cpu_budget") else " (no budget)"
+    if b.get("cpu_measured") == "process":
+        cpu += ", counting the whole process"
+    up = f"upload {human_bytes(b.get('upload_rate') or 0)}/s"
+    up += f" (budget {human_bytes(b['upload_budget'])}/s)" if b.get("upload_budget") else ""
+    held = f"; next checkpoint held {b['held_for']:g}s by the {b['held_by']}" if b.get("held_by") else ""
+    return f"{cpu}, {up}{held}"
+
+
+def _window(w: dict[str, Any]) -> str:
+    """``~1.2 s (target 1 s; stretched by cpu budget)``: the recent data-loss window and why it is longer."""
+    target = f"target {'debounce' if w.get('basis') == 'changes' else 'interval'} {w.get('target'):g} s"
+    why = f"; stretched by {w['stretched_by']}" if w.get("stretched_by") else ""
+    seconds = w.get("seconds")
+    if seconds is None:
+        return f"nothing unsaved recently ({target}{why})"
+    return f"up to ~{seconds:.3g} s recently ({target}{why})"

@@ -54,7 +54,11 @@ MAX_MANIFEST_BYTES = 512 << 20
 MAX_ENTRIES = 1_000_000
 #: JSON values (counted as the commas, "{" and "[" in the inflated bytes, before parsing): an honest entry has
 #: 8-12 fields. Without it a few hundred MB of "{}," would parse into tens of GB of empty objects.
-MAX_JSON_VALUES = 16 * MAX_ENTRIES
+MAX_JSON_VALUES = 24 * MAX_ENTRIES
+#: Entries per version 2 manifest: a million files plus their directories. Decoding one costs ~0.7 KB and
+#: ~4 us (columns; measured, docs/format.md), so a manifest at the limit peaks near 1.5 GB like v1's at 1M.
+#: An honest v2 entry is 6 JSON values plus 3 per chunk, so 2M one-chunk entries stay within MAX_JSON_VALUES.
+MAX_ENTRIES_V2 = 2_000_000
 #: Bytes of one path (UTF-8, surrogate escapes as the original bytes) and of one symlink target: Linux PATH_MAX,
 #: beyond which the walker cannot reach a file, nor symlink(2) create a target.
 MAX_PATH_BYTES = 4096

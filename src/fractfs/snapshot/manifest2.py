@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Optional
 
 from ..errors import CorruptCheckpointError
 from .chunker import FORMAT_PARAMS
-from .format import MAX_ENTRIES, ChunkRef, UnknownFormatError
+from .format import MAX_ENTRIES_V2, ChunkRef, UnknownFormatError
 
 FORMAT_NAME = "fractfs-snapshot"
 VERSION = 2
@@ -340,8 +340,8 @@ def decode_doc(doc: Any, expect_seq: Optional[int] = None) -> Manifest2:
     etab = doc.get("entries")
     e_dir = _col(etab, "dir", None, "entries")
     n = len(e_dir)
-    if n > MAX_ENTRIES:
-        raise _bad(f"{n} entries, over the limit of {MAX_ENTRIES}")
+    if n > MAX_ENTRIES_V2:
+        raise _bad(f"{n} entries, over the limit of {MAX_ENTRIES_V2}")
     names = _col(etab, "name", n, "entries")
     kinds = etab.get("kind") if isinstance(etab, dict) else None
     if not isinstance(kinds, str) or len(kinds) != n:

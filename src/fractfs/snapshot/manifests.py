@@ -19,7 +19,7 @@ from . import manifest2
 from .format import (
     DIR,
     FILE,
-    MAX_ENTRIES,
+    MAX_ENTRIES_V2,
     MAX_MANIFEST_BYTES,
     SYMLINK,
     ChunkRef,
@@ -104,9 +104,9 @@ def _to_v2(e: Entry) -> manifest2.Entry2:
 def encode(m: Manifest) -> tuple[SnapName, bytes]:
     """Serialize ``m`` as a version 2 manifest; returns its name (carrying the SHA-256 of the bytes) and the
     bytes. Raises FractfsError when no node could read the result back (over the limits of docs/format.md)."""
-    if len(m.entries) > MAX_ENTRIES:
+    if len(m.entries) > MAX_ENTRIES_V2:
         raise FractfsError(f"a snapshot of {len(m.entries)} files, directories and links is over the limit of "
-                           f"{MAX_ENTRIES} entries (docs/format.md), so no node could restore it; exclude "
+                           f"{MAX_ENTRIES_V2} entries (docs/format.md), so no node could restore it; exclude "
                            "generated or cache trees with [ignore] or put them under [dirs]")
     data = manifest2.encode(manifest2.Header(m.seq, m.created_ns, m.node, m.parent), map(_to_v2, m.entries))
     if len(data) > MAX_MANIFEST_BYTES:
