@@ -15,9 +15,10 @@ from typing import NamedTuple
 from ..localfile import hash_file
 from .format import MAX_INT64, ChunkRef, Entry
 
-#: A run is at most this long. Adjacent chunks of one file sit next to each other in a pack (a checkpoint
-#: appends a file's chunks in order), so one ranged GET of several chunks replaces several: fewer requests,
-#: and less server CPU per byte (measured on SeaweedFS: 4 x 16 MiB in flight cost ~20 % less than 16 x 2 MiB).
+#: A run is at most this long: a whole pack at the default pack size. Adjacent chunks of one file sit next to
+#: each other in a pack (a checkpoint appends a file's chunks in order), so one ranged GET of several chunks
+#: replaces several: fewer requests, and less server CPU per byte (SeaweedFS served 1 GiB in ranges of 8 MiB
+#: for 2.6 CPU-s, of 16 MiB for 2.1; benchmarks/README.md, chunk_restore.py).
 RUN_MAX = 16 << 20
 #: Bytes between two chunks of the same file in a pack that a run reads over rather than starting a new one.
 RUN_GAP = 64 << 10

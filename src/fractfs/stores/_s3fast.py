@@ -264,8 +264,8 @@ class RangeClient:
     Why: a large ranged read on aiohttp (:meth:`FastS3.get`) gathers the body in pieces on the event loop's one
     thread, in Python, and joins them: one more copy of every byte, and one thread doing it for all requests.
     ``http.client``'s read receives the body straight into one bytes object of the right size, in C, with the
-    GIL released, in the thread that asked. Measured restoring a 1 GiB chunked file from SeaweedFS: about a
-    third less client CPU. Used for ranged reads only (restore's runs of chunks, big objects in pieces);
+    GIL released, in the thread that asked. Measured restoring a 1 GiB chunked file from SeaweedFS: about 30 %
+    less client CPU (benchmarks/README.md, chunk_restore.py). Used for ranged reads only (restore's runs of chunks, big objects in pieces);
     everything else stays on :class:`FastS3`. Not used through a proxy (the store then keeps aiohttp).
     """
 
