@@ -429,3 +429,17 @@ def test_hostile_chunk_refs_are_refused_per_entry(tmp_path: Path) -> None:
     v = verify(store, hostile.id)
     assert not v.ok and v.bad_blobs == []  # the packs are intact; the manifest lies about them
     assert {m.split(" ")[1].split(":")[1] for m in v.damaged_files} == refused | failed
+
+
+def test_dry_run_identical_check_compares_chunked_files_chunk_by_chunk(tmp_path: Path) -> None:
+    from fractfs.restore_target import identical_on_disk
+
+    store = PosixStore(tmp_path / "store")
+    name, files, _entries = _build(store)
+    dst = tmp_path / "dst"
+    restore(store, {"root": dst})
+    changed = bytearray(files["data/deep/mid.bin"])
+    changed[0] ^= 1
+    (dst / "data/deep/mid.bin").write_bytes(bytes(changed))
+    labels = ["root:big.bin", "root:data/deep/mid.bin", "root:app.toml"]
+    assert identical_on_disk(store, name.id, labels, {"root": dst}) == {"root:big.bin", "root:app.toml"}
