@@ -35,6 +35,7 @@ CASES = [
                        "cold init 200 (S3)", "| s5cmd cp", "first checkpoint after cold init 300",
                        "git status (first, after clone)", "no-op checkpoint after it 300", "git status (again)",
                        "peak RSS MiB", "time per file (whole process) at 600"], 120),
+    ("chunk_restore.py", ["restore 64 MiB", "| fractfs |", "| s5cmd |", "| s5cmd + sync |", "fractfs/s5cmd"], 120),
 ]
 #: measurements of fractfs alone (no peer to compare with, so no ratio)
 NO_PEERS = {"data_loss_window.py", "background_cost.py"}
