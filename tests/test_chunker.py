@@ -15,7 +15,7 @@ SMALL = Params(min_size=2 * KIB, avg_size=8 * KIB, max_size=32 * KIB)
 
 
 def vector(n: int) -> bytes:
-    """The spec's test-vector input (docs/format-v2-draft.md §2.4): SHA-256 of the counter 0, 1, 2, ...
+    """The spec's test-vector input (docs/format.md §A2.4): SHA-256 of the counter 0, 1, 2, ...
     as 8-byte little-endian integers, concatenated."""
     return b"".join(hashlib.sha256(i.to_bytes(8, "little")).digest() for i in range(n // 32))
 

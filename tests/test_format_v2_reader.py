@@ -1,4 +1,4 @@
-"""Reading format v2 snapshots (docs/format-v2-draft.md): restore of files stored as chunks, verify and prune
+"""Reading format v2 snapshots (docs/format.md): restore of files stored as chunks, verify and prune
 of v2 packs, a store holding v1 and v2 snapshots, and hostile v2 manifests.
 
 The snapshots are built by hand (tests/v2_builder.py: pack2.PackWriter, the chunker and manifests.encode), so
@@ -321,7 +321,7 @@ def test_a_store_with_v1_and_v2_snapshots(tmp_path: Path) -> None:
     b = V2Builder(store)
     v2_files = {"big.bin": random_bytes(5 << 20, 31), "a.txt": v1_files["a.txt"]}
     b.file("big.bin", v2_files["big.bin"])
-    # an unchanged small file keeps pointing into its v1 pack (docs/format-v2-draft.md §5)
+    # an unchanged small file keeps pointing into its v1 pack (docs/format.md §A5)
     a = next(e for e in catalog.load(store, v1).entries if e.path == "a.txt")
     b.entries.append(a)
     v2 = b.commit(2, parent=v1.id)

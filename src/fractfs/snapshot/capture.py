@@ -2,7 +2,7 @@
 
 A file is read bounded by the size seen at ``fstat`` (an appended-to file would never reach EOF) and stat'ed
 again afterwards; one that changed meanwhile is retried, then reported busy (:func:`capture`). Its content is
-cut into format v2 chunks and each chunk hashed (docs/format-v2-draft.md §2), every byte once: a file below
+cut into format v2 chunks and each chunk hashed (docs/format.md §A2), every byte once: a file below
 the large-file threshold is read into memory and chunked there; a larger one is chunked while it is read
 (:func:`capture_streamed`), each chunk handed to the packer at once, so it is never held in memory whole. A file whose
 ctime is within one coarse kernel clock tick of now may still change without its timestamps moving (the *racy
@@ -17,7 +17,7 @@ capture is never remembered as read (no stat facts), so the next checkpoint look
 
 :class:`Readers` runs these reads a little ahead of the checkpoint loop on a few threads.
 
-A file's ``sha`` here is its content id (docs/format-v2-draft.md §4): the SHA-256 of its bytes when it is one
+A file's ``sha`` here is its content id (docs/format.md §A4): the SHA-256 of its bytes when it is one
 chunk (every file of at most 128 KiB), else the SHA-256 of its chunks' digests.
 """
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Captured:
 
 
 def content_id(digests: list[bytes]) -> str:
-    """The content id of a file whose chunks have these raw digests (docs/format-v2-draft.md §4; the same as
+    """The content id of a file whose chunks have these raw digests (docs/format.md §A4; the same as
     :func:`.manifest2.content_id` of its chunk refs)."""
     if len(digests) == 1:
         return digests[0].hex()

@@ -1,4 +1,4 @@
-"""Content-defined chunking for format v2 (docs/format-v2-draft.md §2): where a large file is cut into chunks.
+"""Content-defined chunking for format v2 (docs/format.md §A2): where a large file is cut into chunks.
 
 The boundaries are part of the on-store format -- two writers must cut the same bytes at the same places or
 nothing deduplicates -- so they follow one published algorithm exactly: FastCDC 2020 as implemented by the
@@ -90,7 +90,7 @@ class Params:
         return MASKS[self.avg_size.bit_length() - 1 - self.normalization]
 
 
-#: Format v2's chunking parameters (docs/format-v2-draft.md §2), chosen by benchmarks/v2_choices.py: a 5-page
+#: Format v2's chunking parameters (docs/format.md §A2), chosen by benchmarks/v2_choices.py: a 5-page
 #: SQLite-like transaction costs ~2.8 MiB of new chunks (1 MiB average: ~6.6-7 MiB), ~1800 chunks per GiB.
 #: Changing any of them changes every boundary, so it needs a new format version.
 FORMAT_PARAMS = Params(min_size=128 * KIB, avg_size=512 * KIB, max_size=2 * MIB, normalization=2)

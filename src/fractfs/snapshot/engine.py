@@ -10,7 +10,7 @@ Two steps, so that committing is one call that can be refused:
 Both run under the state dir's :class:`~.statcache.StateLock`, held by the caller (:func:`checkpoint` does
 it all in one call; the app goes through :mod:`fractfs.checkpointer`).
 
-Checkpoints write format version 2 (docs/format-v2-draft.md): every file's content as chunks in packs. The
+Checkpoints write format version 2 (docs/format.md): every file's content as chunks in packs. The
 first checkpoint over a version 1 store migrates it (:func:`_rechunk_legacy`); when a file only version 1 can
 describe cannot be read again in that checkpoint, it is written as version 1 once more (:func:`_fall_back_to_v1`),
 so nothing is lost and the next checkpoint tries again.
@@ -513,7 +513,7 @@ def _legacy(entries: dict[Key, Entry]) -> list[Key]:
 def _rechunk_legacy(ch: Changes, walked: WalkResult) -> set[str]:
     """Files the stat cache vouches for but whose stored form only format v1 can describe (an ``objects/``
     object, or a pack slice longer than a chunk): move them to the files to read, so this checkpoint stores
-    them as chunks (the first checkpoint of a v1 store, docs/format-v2-draft.md §5). Returns their labels."""
+    them as chunks (the first checkpoint of a v1 store, docs/format.md §A5). Returns their labels."""
     stale = [k for k in _legacy(ch.new) if k not in ch.carried]
     if not stale:
         return set()

@@ -1,4 +1,4 @@
-"""Format v2 packs (docs/format-v2-draft.md §3): members, then an index, then a trailer; id = SHA-256(index).
+"""Format v2 packs (docs/format.md §A3): members, then an index, then a trailer; id = SHA-256(index).
 
 A v1 pack id is the SHA-256 of the whole pack, which costs a second pass over every byte already hashed per
 file. A v2 pack ends with the list of its members' (SHA-256, length), and its id is the SHA-256 of that list:

@@ -1,4 +1,4 @@
-"""Putting file content on the store as format v2 chunks in packs (docs/format-v2-draft.md §3).
+"""Putting file content on the store as format v2 chunks in packs (docs/format.md §A3).
 
 Content arrives as chunks that already carry their SHA-256 (:mod:`.capture` cut and hashed them while reading
 the file, each byte once). :meth:`Packer.put` places one chunk: a chunk the snapshot being extended already
@@ -82,7 +82,7 @@ class Known:
         if c is not None:
             return c
         e = self.dedup.get(sha)
-        # a v1 object, or a v1 slice longer than a chunk, cannot be pointed at by v2 (docs/format-v2-draft.md §5)
+        # a v1 object, or a v1 slice longer than a chunk, cannot be pointed at by v2 (docs/format.md §A5)
         if e is not None and e.type == FILE and e.pack and not e.chunks and 0 < e.size <= MAX_CHUNK:
             return ChunkRef(e.pack, e.offset, e.size, sha)
         return None
