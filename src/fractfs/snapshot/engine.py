@@ -312,11 +312,13 @@ def _choose_base(store: Store, look: _Look, sdir: Path) -> tuple[Base, Rows]:
 
 
 def _order(dirty: list[tuple[str, str, tuple[str, int, int, int, int, int]]], opts: Options) -> None:
-    """The order files are read in. Without a deadline: by path (deterministic packing). With one: small files
-    first (many of them fit in little time), then large ones; each group most recently modified first (the
-    likeliest to matter on restart, and the ones no earlier checkpoint has)."""
+    """The order files are read in: small files first, then large ones (chunked into packs of their own, see
+    :func:`_own_packs`), so the small files' packs are on their way before a large file fills the store: on
+    a Volume with less room than the large file needs, they land before its packs are refused for space.
+    Without a deadline each group by path (deterministic packing). With one, each group most recently
+    modified first (the likeliest to matter on restart, and the ones no earlier checkpoint has)."""
     if opts.deadline is None:
-        dirty.sort(key=lambda d: (d[0], d[1]))
+        dirty.sort(key=lambda d: (d[2][2] >= opts.large_file, d[0], d[1]))
     else:
         dirty.sort(key=lambda d: (d[2][2] >= opts.large_file, -d[2][3], d[0], d[1]))
 
