@@ -63,6 +63,20 @@ def test_a_store_that_overrides_put_sees_every_write(tmp_path: Path) -> None:
     assert seen == [("k", b"abcd"), ("k", b"efgh"), ("k", b"ijkl")]
 
 
+def test_a_put_replaced_on_the_class_sees_every_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests (and tools) slow a store down or make it fail by replacing ``PosixStore.put`` itself."""
+    seen: list[bytes] = []
+    real = PosixStore.put
+
+    def slow_put(self: PosixStore, key: str, data: bytes, *, exclusive: bool = False) -> None:
+        seen.append(bytes(data))
+        real(self, key, data, exclusive=exclusive)
+
+    monkeypatch.setattr(PosixStore, "put", slow_put)
+    put_parts(abortable(PosixStore(tmp_path / "s")), "k", [b"mn", b"op"])
+    assert seen == [b"mnop"]
+
+
 def test_wrappers_keep_their_checks_for_parts(tmp_path: Path) -> None:
     store = abortable(PosixStore(tmp_path / "s"))
     put_parts(store, "k", [b"1", b"2"])

@@ -22,10 +22,12 @@ one), never from listing the store: a blob torn by a crash is simply written aga
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Union
@@ -310,11 +312,13 @@ def _choose_base(store: Store, look: _Look, sdir: Path) -> tuple[Base, Rows]:
 
 
 def _order(dirty: list[tuple[str, str, tuple[str, int, int, int, int, int]]], opts: Options) -> None:
-    """The order files are read in. Without a deadline: by path (deterministic packing). With one: small files
-    first (many of them fit in little time), then large ones; each group most recently modified first (the
-    likeliest to matter on restart, and the ones no earlier checkpoint has)."""
+    """The order files are read in: small files first, then large ones (chunked into packs of their own, see
+    :func:`_own_packs`), so the small files' packs are on their way before a large file fills the store: on
+    a Volume with less room than the large file needs, they land before its packs are refused for space.
+    Without a deadline each group by path (deterministic packing). With one, each group most recently
+    modified first (the likeliest to matter on restart, and the ones no earlier checkpoint has)."""
     if opts.deadline is None:
-        dirty.sort(key=lambda d: (d[0], d[1]))
+        dirty.sort(key=lambda d: (d[2][2] >= opts.large_file, d[0], d[1]))
     else:
         dirty.sort(key=lambda d: (d[2][2] >= opts.large_file, -d[2][3], d[0], d[1]))
 
@@ -362,9 +366,8 @@ def _store_dirty(store: Store, areas: dict[str, Path], ch: Changes, opts: Option
             try:
                 got = capture.capture(path, ctx) if readers is None else readers.get(i)
                 if got == capture.LARGE:
-                    if cutoff is not None:
-                        packer.seal()  # the small files before it go up on their own, not behind it
-                    got = capture.capture_streamed(path, ctx, packer.put_copy)
+                    with _own_packs(packer):
+                        got = capture.capture_streamed(path, ctx, packer.put_copy)
             except OSError as exc:
                 log.warning("fractfs: cannot read %s (%s); keeping its previous state", path, exc)
                 _busy(ch, key, result)
@@ -402,12 +405,26 @@ def _store_dirty(store: Store, areas: dict[str, Path], ch: Changes, opts: Option
     return packer.uploaded
 
 
+@contextlib.contextmanager
+def _own_packs(packer: Packer) -> Iterator[None]:
+    """A large file's new chunks go into packs of their own: the small files placed before it are sealed and
+    sent first (under a deadline they do not wait behind it), and a pack of it that the store refuses (a file
+    larger than the Volume's free space) leaves out only that file, not the small ones that would have
+    shared its first or last pack, as in v1, where a large file was an object of its own."""
+    packer.seal()
+    try:
+        yield
+    finally:
+        packer.seal()
+
+
 def _take(ch: Changes, key: Key, rec: tuple[str, int, int, int, int, int], got: Captured | str, path: str,
           result: CheckpointResult, packer: Packer, placed: dict[Key, Captured], ctx: CaptureContext) -> None:
     """Record what reading one file gave: place its content, or keep its previous entry and say why."""
     if isinstance(got, Captured) and got.upload_path is not None:
         try:
-            got = capture.chunk_copy(got, ctx, packer.put_copy)
+            with _own_packs(packer):
+                got = capture.chunk_copy(got, ctx, packer.put_copy)
         except OSError as exc:
             log.warning("fractfs: cannot read the copy of %s (%s); keeping its previous state", path, exc)
             _busy(ch, key, result)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import AlreadyExists, ObjectTooLarge, StoreError, StoreFull, StoreNotFound, VolumeNotMounted
-from .base import TEMP_SUFFIX_RE, Parts, check_key, check_prefix
+from .base import TEMP_SUFFIX_RE, Parts, check_key, check_prefix, writes_like
 from .transfer import parallel_map
 
 log = logging.getLogger("fractfs")
@@ -318,6 +318,7 @@ class PosixStore:
     def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
         self._store_object(key, lambda fd: _write_all(fd, data), exclusive=exclusive)
 
+    @writes_like(put)
     def put_parts(self, key: str, parts: Parts, *, exclusive: bool = False) -> None:
         """:meth:`put` of ``b"".join(parts)``, written with writev(2) (see :func:`.base.put_parts`)."""
         self._store_object(key, lambda fd: _writev_all(fd, parts), exclusive=exclusive)

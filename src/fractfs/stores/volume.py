@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AlreadyExists, StoreError, StoreNotFound, VolumeChanged, VolumeNotMounted
-from .base import Parts, Store, put_parts
+from .base import Parts, Store, put_parts, writes_like
 from .posix import PosixStore
 
 log = logging.getLogger("fractfs")
@@ -175,6 +175,7 @@ class VolumeGuard:
         self.check()
         self.inner.put(key, data, exclusive=exclusive)
 
+    @writes_like(put)
     def put_parts(self, key: str, parts: Parts, *, exclusive: bool = False) -> None:
         self.check()
         put_parts(self.inner, key, parts, exclusive=exclusive)
