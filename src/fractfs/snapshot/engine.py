@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable, Union
 
 from ..errors import AlreadyExists, FractfsError, StoreError
-from ..localfile import private_dir, unlink_if_present
+from ..localfile import private_dir, unlink_if_present, write_replace
 from ..stores.base import Store
 from ..stores.wrappers import abortable
 from . import capture, catalog, diff, manifests, scan, statcache, unrestored
@@ -268,7 +268,8 @@ def prepare(store: Store, areas: dict[str, Path], want: Want | None, state_dir: 
     snapshot_id = base.id
     snapshot_size = look.sized.get(base.name) if base.name is not None else None
     if ch.new != base.entries:
-        prep.name, prep.data = _manifest(ch, look.hdr, usable, opts.node_id, v1=legacy)
+        prep.name, prep.data = _manifest(ch, look.hdr, usable, opts.node_id, v1=legacy,
+                                         attempted=_attempted(state_dir))
         snapshot_id, snapshot_size = prep.name.id, len(prep.data)
     prep.cache, prep.rows = _cache_out(areas, look.walked, ch, result, snapshot_id, snapshot_size)
     return prep
@@ -572,13 +573,14 @@ def _fall_back_to_v1(ch: Changes, result: CheckpointResult, rechunked: set[str])
 
 
 def _manifest(ch: Changes, hdr: CacheHeader | None, names: list[SnapName], node_id: str,
-              v1: bool = False) -> tuple[SnapName, bytes]:
+              v1: bool = False, attempted: int = 0) -> tuple[SnapName, bytes]:
     entries = [ch.new[k] for k in sorted(ch.new)]
-    # Never below what this node already committed: a stale listing (FUSE directory cache, an eventually
-    # consistent store) can hide our last manifest, and a second manifest with the same number would
-    # then be ordered against it by digest alone, i.e. at random, and could lose to the older state.
+    # Never below what this node already committed, nor below a manifest it tried to write: a stale listing
+    # (FUSE directory cache, an eventually consistent store) can hide our last manifest, or one whose write
+    # landed although its response was lost, and a second manifest with the same number would then be
+    # ordered against it by digest alone, i.e. at random, and could lose to the older state.
     last = parse_snapshot_id(hdr.snapshot) if hdr is not None and hdr.snapshot else None
-    seq = max(names[-1].seq if names else 0, last.seq if last is not None else 0) + 1
+    seq = max(names[-1].seq if names else 0, last.seq if last is not None else 0, attempted) + 1
     if seq > MAX_SEQ:
         raise FractfsError(f"snapshot sequence space exhausted: {names[-1].key if names else '?'} on the store "
                            f"carries sequence {seq - 1}, the largest there is; fractfs never counts that high, so "
@@ -610,6 +612,7 @@ def commit(store: Store, prep: Prepared, fence: Fence = no_fence) -> CheckpointR
         return result  # nothing changed, nothing looked at: the stat cache is already right
     committed = prep.name
     if committed is not None:
+        _note_attempt(prep.state_dir, committed.seq)
         _write_manifest(store, committed, prep.data, fence)
         result.uploaded_bytes += len(prep.data)
         result.snapshot_id = committed.id
@@ -630,6 +633,29 @@ def commit(store: Store, prep: Prepared, fence: Fence = no_fence) -> CheckpointR
     else:
         log.debug("fractfs: checkpoint: no change to commit (%.3fs)", result.duration)
     return result
+
+
+#: Node-local note of the highest sequence number this node tried to write a manifest under (see _manifest).
+ATTEMPT_FILE = "manifest-attempt"
+
+
+def _attempted(sdir: Path) -> int:
+    """The sequence number of this node's last manifest write, landed or not (0: none, or unreadable)."""
+    try:
+        text = (sdir / ATTEMPT_FILE).read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        return 0
+    return int(text) if text.isdigit() and len(text) <= 12 else 0
+
+
+def _note_attempt(sdir: Path, seq: int) -> None:
+    """Remember ``seq`` before its manifest is written: if the write lands but its response is lost, the next
+    checkpoint must not reuse the number even when the listing does not show that manifest yet. Losing the
+    note only brings back the old behaviour, so a failure to write it is logged, not raised."""
+    try:
+        write_replace(sdir / ATTEMPT_FILE, str(seq).encode("ascii"))
+    except OSError as exc:
+        log.warning("fractfs: could not note the snapshot number being written in %s (%s)", sdir, exc)
 
 
 #: Old manifests are trimmed after a deadline-bound commit only when at least this much time is left.
