@@ -440,7 +440,8 @@ def test_checkpoint_restore_round_trip(
     assert second.snapshot_id is not None and second.deleted == ["root:f4"]
 
     # Bit rot in the first pack, inside f2.
-    [pkey] = first_packs
+    pkey = f"packs/{f2.pack[:2]}/{f2.pack}"  # the small files' pack (big.bin's chunks have packs of their own)
+    assert pkey in first_packs
     blob = fake.files[f"{ROOT}/{pkey}"]
     damaged = bytearray(blob.data)
     damaged[f2.offset + 10] ^= 0x01
