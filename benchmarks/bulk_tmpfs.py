@@ -2,12 +2,12 @@
 
     python benchmarks/bulk_tmpfs.py [--reps 3] [--quick]      (root: it mounts a tmpfs)
 
-The tree is a few big files (stored as objects, streamed) and many medium ones (packed), written once to
+The tree is a few big files (chunked while read) and many medium ones (read whole, chunked), written once to
 the local disk and read from the page cache by both sides. Each run gets a fresh destination on a
 ``mount -t tmpfs -o size=3g`` volume (removed after the run), the two take turns, and the ratio is fractfs'
-throughput over cp's (target of the checkpoint-engine issue: >= 0.8). fractfs does more than cp: it hashes
-every byte (SHA-256), fsyncs every object (free on tmpfs) and writes a manifest and its stat cache.
-The tmpfs is unmounted at the end.
+throughput over cp's (target of the checkpoint-engine issue: >= 0.8). fractfs does more than cp: it cuts
+every byte into chunks and hashes it (SHA-256), fsyncs every pack (free on tmpfs) and writes a manifest and
+its stat cache. The tmpfs is unmounted at the end.
 """
 from __future__ import annotations
 

@@ -26,6 +26,8 @@ CASES = [
     ("noop_checkpoint.py", ["bare os.scandir walk", "walk + lstat per entry", "fractfs no-op checkpoint",
                             "no-op / bare walk"], 60),
     ("bulk_tmpfs.py", ["fractfs checkpoint", "cp -r", "throughput fractfs / cp"], 60),
+    ("v2_edit.py", ["first checkpoint of 64 MiB (pipeline)", "4 KiB overwrite in the middle (one thread)",
+                    "1 MiB append (pipeline)", "edit / first (pipeline"], 120),
     ("data_loss_window.py", ["| interval |", "| watch |", "lost", "window mean s"], 120),
     ("background_cost.py", ["| interval |", "| watch |", "| 0.05 ", "cpu % of a core", "window max s"], 120),
     ("s3_transfer.py", ["restore 100 x 4 KiB", "| fractfs |", "| s5cmd |", "| rclone |", "| fractfs 0.2.1 |",
@@ -40,6 +42,7 @@ CASES = [
     ("sqlite_watch.py", ["idle: daemon CPU % of a core", "| uploaded MiB (Volume growth",
                          "daemon CPU % of a core during the transactions", "data-loss window mean s",
                          "transactions never in a snapshot", "| fractfs |"], 90),
+    ("chunk_restore.py", ["restore 64 MiB", "| fractfs |", "| s5cmd |", "| s5cmd + sync |", "fractfs/s5cmd"], 120),
 ]
 #: measurements of fractfs alone (no peer to compare with, so no ratio)
 NO_PEERS = {"data_loss_window.py", "background_cost.py", "sqlite_watch.py"}

@@ -15,7 +15,7 @@ SMALL = Params(min_size=2 * KIB, avg_size=8 * KIB, max_size=32 * KIB)
 
 
 def vector(n: int) -> bytes:
-    """The spec's test-vector input (docs/format-v2-draft.md §2.4): SHA-256 of the counter 0, 1, 2, ...
+    """The spec's test-vector input (docs/format.md §A2.4): SHA-256 of the counter 0, 1, 2, ...
     as 8-byte little-endian integers, concatenated."""
     return b"".join(hashlib.sha256(i.to_bytes(8, "little")).digest() for i in range(n // 32))
 
@@ -169,3 +169,66 @@ def test_empty_input_has_no_chunks() -> None:
 def test_bad_params_are_refused(kw: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         Params(**kw)
+
+
+@pytest.mark.parametrize("size", [0, 1, 2 * KIB, 32 * KIB + 1, 128 * KIB + 7, 3 * MIB + 12345])
+@pytest.mark.parametrize("limit", [None, 100 * KIB])
+def test_pipelined_chunks_equal_the_plain_ones(size: int, limit: int | None) -> None:
+    """Same chunks, offsets and digests as chunks(), across block boundaries (SMALL windows make a 3 MiB input
+    span many blocks), with and without a limit, from a source without readinto."""
+    data = random.Random(size).randbytes(size)
+
+    class Dribble(io.RawIOBase):
+        def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+            return src.readinto(b[:777])  # short reads
+
+    for native in (True, False):
+        src = io.BytesIO(data)
+        want = [(c.offset, c.length, c.digest, bytes(c.data))
+                for c in C.chunks(io.BytesIO(data), params=SMALL, native=native, limit=limit)]
+        got = [(c.offset, c.length, c.digest, bytes(c.data))
+               for c in C.chunks_pipelined(Dribble(), params=SMALL, native=native, limit=limit)]
+        assert got == want
+    assert len(want) == (0 if not size else len(list(C.cut_points(data[:limit], params=SMALL))))
+
+
+def test_pipelined_chunks_from_a_descriptor_are_the_format_chunks(tmp_path: object) -> None:
+    import pathlib
+
+    path = pathlib.Path(str(tmp_path)) / "big.bin"
+    data = random.Random(6).randbytes(30 * MIB + 3)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = [(c.offset, c.length, c.digest) for c in C.chunks_pipelined(fd, limit=25 * MIB)]
+    finally:
+        os.close(fd)
+    assert [(o, ln) for o, ln, _ in got] == list(C.cut_points(data[: 25 * MIB]))
+    assert all(d == hashlib.sha256(data[o:o + ln]).digest() for o, ln, d in got)
+
+
+def test_closing_a_pipelined_stream_early_stops_its_threads(tmp_path: object) -> None:
+    import threading
+
+    data = random.Random(7).randbytes(40 * MIB)
+    before = threading.active_count()
+    stream = C.chunks_pipelined(io.BytesIO(data))
+    first = next(stream)
+    assert first.offset == 0 and first.digest == hashlib.sha256(data[: first.length]).digest()
+    stream.close()
+    assert threading.active_count() == before  # nothing reads the source after close()
+
+
+def test_a_read_error_in_the_pipeline_reaches_the_caller() -> None:
+    class Broken(io.RawIOBase):
+        calls = 0
+
+        def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+            Broken.calls += 1
+            if Broken.calls > 3:
+                raise OSError(5, "I/O error")
+            b[:1000] = b"x" * 1000
+            return 1000
+
+    with pytest.raises(OSError, match="I/O error"):
+        list(C.chunks_pipelined(Broken(), params=SMALL))

@@ -413,7 +413,6 @@ def test_checkpoint_restore_round_trip(
     from fractfs.snapshot import checkpoint, restore, verify
 
     src = {"root": tmp_path / "app"}
-    flen = len("file number 0 " * 50)
     for i in range(5):
         write(src["root"], f"f{i}", f"file number {i} " * 50)
     write(src["root"], "sub/dir/nested.txt", "nested")
@@ -422,7 +421,12 @@ def test_checkpoint_restore_round_trip(
     first = checkpoint(store, src, everything, state_dir=state, large_file=32 * 1024)
     assert first.snapshot_id is not None
     first_packs = {k for k, _ in store.list("packs/")}
-    assert first_packs and any(k.startswith("objects/") for k, _ in store.list())
+    assert first_packs and not any(k.startswith("objects/") for k, _ in store.list())  # format v2: all in packs
+    from fractfs.snapshot import catalog
+
+    m, _ = catalog.newest_valid(store)
+    assert m is not None
+    f2 = next(e for e in m.entries if e.path == "f2")
 
     # Round trip of the first generation into an empty place.
     fresh = {"root": tmp_path / "fresh"}
@@ -435,11 +439,12 @@ def test_checkpoint_restore_round_trip(
     second = checkpoint(store, src, everything, state_dir=state, large_file=32 * 1024)
     assert second.snapshot_id is not None and second.deleted == ["root:f4"]
 
-    # Bit rot in the first pack, inside f2 (small files are packed in path order).
-    [pkey] = first_packs
+    # Bit rot in the first pack, inside f2.
+    pkey = f"packs/{f2.pack[:2]}/{f2.pack}"  # the small files' pack (big.bin's chunks have packs of their own)
+    assert pkey in first_packs
     blob = fake.files[f"{ROOT}/{pkey}"]
     damaged = bytearray(blob.data)
-    damaged[2 * flen + 10] ^= 0x01
+    damaged[f2.offset + 10] ^= 0x01
     blob.data = bytes(damaged)
 
     target = {"root": tmp_path / "again"}
@@ -482,7 +487,8 @@ def test_checkpoint_leaves_out_a_file_over_the_request_limit_and_commits_the_res
     assert fields["last_error"] is None
     reasons = {e["path"]: e["reason"] for e in fields["not_stored"]}
     assert sorted(reasons) == ["big.bin", "new-big.bin"], reasons
-    assert "102400" in reasons["big.bin"] and str(64 * 1024) in reasons["big.bin"]
+    # the pack holding big.bin's one chunk (100 KiB, with its index) is what the store refused
+    assert "packs/" in reasons["big.bin"] and "102472" in reasons["big.bin"] and str(64 * 1024) in reasons["big.bin"]
     dst = tmp_path / "fresh"
     res = restore(store, {"root": dst})
     assert not res.errors

@@ -36,7 +36,7 @@ def store(tmp_path: Path) -> PosixStore:
 
 
 def test_key_format_and_foreign_names(store: PosixStore) -> None:
-    # docs/format.md §10: decimal, 12 digits; anything else under locks/ is not a lease generation
+    # docs/format.md §B10: decimal, 12 digits; anything else under locks/ is not a lease generation
     assert lease_key(7) == "locks/lease.000000000007"
     assert parse_generation("locks/lease.000000000007") == 7
     for foreign in ("locks/lease.7", "locks/lease.abcdefghijkl", "locks/lease.0000000000071", "locks/other"):
@@ -44,7 +44,7 @@ def test_key_format_and_foreign_names(store: PosixStore) -> None:
 
 
 def test_a_record_as_docs_format_md_shows_it_decodes() -> None:
-    # the wire format (docs/format.md §10) does not change with the code: a literal version-1 record
+    # the wire format (docs/format.md §B10) does not change with the code: a literal version-1 record
     raw = (b'{"acquired": 1700000000.0, "beat": 3, "format": "fractfs-lease", "generation": 2, "host": "h", '
            b'"node": "h:1:ab", "pid": 1, "released": false, "time": 1700000001.0, "timeout": 30.0, '
            b'"token": "t", "version": 1}')

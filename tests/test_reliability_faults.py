@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from faults import FaultyStore
 from helpers import Node
 from test_reliability_support import temp_files
 
-from fractfs.errors import FractfsError, RestoreError
+from fractfs.errors import FractfsError, RestoreError, StoreError, StoreNotFound
 from fractfs.snapshot import checkpoint, list_snapshots, prune, restore, verify
 from fractfs.stores import PosixStore
 
@@ -306,3 +307,57 @@ def test_daemon_survives_faults_and_status_tells(tmp_path: Path, plain_volume: P
     after = {p.name: p.read_bytes() for p in node.root.iterdir() if p.is_file() and p.name != ".fractfs.toml"}
     assert after == before
 
+
+
+class _LostResponseStore:
+    """A store whose next manifest write lands but reports failure (its response was lost), and whose listing
+    then lags behind and does not show that manifest (an eventually consistent store, a FUSE directory cache)."""
+
+    def __init__(self, inner: PosixStore):
+        self.inner = inner
+        self.lose_next = False
+        self.hidden: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+        self.inner.put(key, data, exclusive=exclusive)
+        if self.lose_next and key.startswith("snapshots/") and key.endswith(".json.gz"):
+            self.lose_next = False
+            self.hidden.add(key)
+            raise StoreError(f"{key}: connection reset before the response (the write landed)")
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        return ((k, n) for k, n in self.inner.list(prefix) if k not in self.hidden)
+
+    def size(self, key: str) -> int | None:
+        return None if key in self.hidden else self.inner.size(key)
+
+    def get(self, key: str) -> bytes:
+        if key == "snapshots/head.json":
+            raise StoreNotFound(key)  # the head would name the newest snapshot: this store's listing lags
+        return self.inner.get(key)
+
+
+def test_a_manifest_whose_write_response_was_lost_never_shares_its_number(tmp_path: Path) -> None:
+    """A manifest write that landed although the node saw it fail, then a listing that does not show it yet:
+    the next checkpoint must take a higher number, or the two manifests (an older and a newer state) would be
+    ordered by digest alone and the older one could win the restore."""
+    inner = PosixStore(tmp_path / "store")
+    st = _LostResponseStore(inner)
+    app, state = tmp_path / "app", tmp_path / "state"
+    app.mkdir()
+    (app / "f.txt").write_text("one")
+    checkpoint(st, {"root": app}, None, state_dir=state)
+    (app / "f.txt").write_text("two, whose commit the node thinks failed")
+    st.lose_next = True
+    with pytest.raises(StoreError):
+        checkpoint(st, {"root": app}, None, state_dir=state)
+    (app / "f.txt").write_text("three, the newest")
+    res = checkpoint(st, {"root": app}, None, state_dir=state)
+    seqs = sorted(int(k.split("/")[1][:12]) for k, _n in inner.list("snapshots/") if k.endswith(".json.gz"))
+    assert len(seqs) == len(set(seqs)) == 3, seqs
+    out = restore(inner, {"root": tmp_path / "back"})
+    assert out.snapshot_id == res.snapshot_id
+    assert (tmp_path / "back" / "f.txt").read_text() == "three, the newest"

@@ -22,6 +22,7 @@ from helpers import Node
 
 from fractfs.localfile import private_dir, write_replace
 from fractfs.snapshot import checkpoint, restore
+from fractfs.snapshot import restorer
 from fractfs.snapshot import sqlite as fsqlite
 from fractfs.stores import PosixStore
 
@@ -92,7 +93,7 @@ def test_sqlite_copies_and_restore_temps_are_never_readable_by_another_user(
     con.close()
     os.chmod(db, 0o600)
     big = app / "big.bin"
-    big.write_bytes(os.urandom(9 << 20))  # over the large-file threshold: restored through get_file
+    big.write_bytes(os.urandom(9 << 20))  # over the large-file threshold: chunked, restored chunk by chunk
     os.chmod(big, 0o600)
     state = open_base / "scratch" / ".fractfs-state"
     store = PosixStore(open_base / "volume")
@@ -110,15 +111,17 @@ def test_sqlite_copies_and_restore_temps_are_never_readable_by_another_user(
     assert res.snapshot_id
     assert probes and all(not readable for _p, readable in probes), probes
 
-    real_get_file = PosixStore.get_file
-
-    def get_file(self: PosixStore, key: str, path: Path) -> None:
-        real_get_file(self, key, path)
-        probes.append((os.fspath(path), other_user_reads(path)))  # all the bytes, not yet verified or renamed
-
-    monkeypatch.setattr(PosixStore, "get_file", get_file)
-    probes.clear()
     target = open_base / "restored"
+    real_flush = restorer._flush_filesystems
+
+    def flush(roots: list[str]) -> None:
+        # every file is written whole under its temp name, not yet flushed or renamed into place
+        for tmp in target.rglob(".fractfs-tmp-*"):
+            probes.append((os.fspath(tmp), other_user_reads(tmp)))
+        real_flush(roots)
+
+    monkeypatch.setattr(restorer, "_flush_filesystems", flush)
+    probes.clear()
     target.mkdir()
     os.chmod(target, 0o755)
     out = restore(store, {"root": target}, state_dir=open_base / "scratch2" / ".fractfs-state")

@@ -14,6 +14,7 @@ from test_snapshot_support import everything, make_store, store_keys, temp_lefto
 from fractfs.snapshot import checkpoint, latest_paths, list_snapshots, restore
 from fractfs.snapshot import capture as capture_mod
 from fractfs.snapshot import engine as engine_mod
+from fractfs.snapshot import pack2
 from fractfs.snapshot.format import SQLITE_MAGIC
 from fractfs.stores import PosixStore
 
@@ -148,7 +149,8 @@ def test_identical_content_is_stored_once(tmp_path: Path) -> None:
         write(src["root"], f"copy{i}", blob)
     res = checkpoint(store, src, everything, state_dir=tmp_path / "state")
     assert res.stored == [f"root:copy{i}" for i in range(5)]  # every new file is listed ...
-    assert sum(s for _, s in store.list("packs/")) == len(blob)  # ... and the bytes are stored once
+    # ... and the bytes are stored once: one pack member, plus the pack's index record and trailer
+    assert sum(s for _, s in store.list("packs/")) == len(blob) + pack2.RECORD.size + pack2.TRAILER.size
     dst = _areas(tmp_path, "fresh")
     restore(store, dst)
     assert all((dst["root"] / f"copy{i}").read_bytes() == blob for i in range(5))
@@ -407,18 +409,20 @@ def test_deadline_commits_what_finished_and_abandons_an_upload_that_did_not(tmp_
     at the cutoff (the deadline minus the manifest's reserve) an upload still running is abandoned: the rest
     is committed in time and the large file keeps its previous version, listed in missed_deadline."""
 
-    class SlowObjects(PosixStore):
-        def put_file(self, key: str, path: Path) -> None:
-            time.sleep(2.5)  # a large upload that cannot finish before the cutoff
-            super().put_file(key, path)
+    class SlowBigPacks(PosixStore):
+        def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+            if key.startswith("packs/") and len(data) > 1 << 20:
+                time.sleep(2.5)  # the large file's packs cannot land before the cutoff
+            super().put(key, data, exclusive=exclusive)
 
-    store = SlowObjects(tmp_path / "store")
+    store = SlowBigPacks(tmp_path / "store")
     src = _areas(tmp_path)
     sd = tmp_path / "state"
     write(src["root"], "small", "s1")
-    write(src["root"], "big", b"a" * 9_000_000)
+    big_a, big_b = os.urandom(9_000_000), os.urandom(9_000_000)  # random: no chunk repeats within the file
+    write(src["root"], "big", big_a)
     checkpoint(store, src, everything, state_dir=sd)
-    write(src["root"], "big", b"b" * 9_000_000)
+    write(src["root"], "big", big_b)
     write(src["root"], "small", "s2")
     t0 = time.monotonic()
     res = checkpoint(store, src, everything, state_dir=sd, deadline=t0 + 1.5)
@@ -428,7 +432,7 @@ def test_deadline_commits_what_finished_and_abandons_an_upload_that_did_not(tmp_
     dst = _areas(tmp_path, "fresh")
     restore(store, dst)
     assert (dst["root"] / "small").read_text() == "s2"
-    assert (dst["root"] / "big").read_bytes() == b"a" * 9_000_000
+    assert (dst["root"] / "big").read_bytes() == big_a
     time.sleep(2.5)  # the abandoned upload ends (aborted or finished); the next checkpoint stores the file
     res2 = checkpoint(store, src, everything, state_dir=sd)
     assert res2.stored == ["root:big"]
@@ -445,7 +449,7 @@ def test_keep_trims_old_manifests(tmp_path: Path) -> None:
     assert [s.id for s in list_snapshots(store)] == ids[-3:]
 
 
-def test_large_files_are_objects_and_round_trip(tmp_path: Path) -> None:
+def test_large_files_are_chunked_into_packs_and_round_trip(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     src = _areas(tmp_path)
     big = os.urandom(3 * 1024 * 1024 + 17)
@@ -455,8 +459,8 @@ def test_large_files_are_objects_and_round_trip(tmp_path: Path) -> None:
         store, src, everything, state_dir=tmp_path / "state", large_file=1024 * 1024, pack_size=4096
     )
     assert sorted(res.stored) == ["root:big.bin", "root:small"]
-    objs = store_keys(store, "objects/")
-    assert len(objs) == 1
+    assert store_keys(store, "objects/") == set()  # format v2: no objects, every chunk in a pack
+    assert len(store_keys(store, "packs/")) >= 3  # packs sealed at pack_size: about one per chunk here
     dst = _areas(tmp_path, "fresh")
     restore(store, dst)
     assert (dst["root"] / "big.bin").read_bytes() == big

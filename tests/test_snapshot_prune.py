@@ -10,7 +10,7 @@ import pytest
 from test_snapshot_support import everything, make_store, store_keys, write
 
 from fractfs.errors import FractfsError
-from fractfs.snapshot import checkpoint, list_snapshots, prune, restore, verify
+from fractfs.snapshot import catalog, checkpoint, list_snapshots, prune, restore, verify
 from fractfs.snapshot.format import object_key, pack_key
 
 
@@ -93,10 +93,11 @@ def test_prune_refuses_with_a_manifest_it_cannot_read(tmp_path: Path) -> None:
 def test_verify_finds_missing_and_damaged_blobs(tmp_path: Path) -> None:
     store, _src, ids = _gens(tmp_path, 2)
     assert verify(store).ok
-    (obj,) = store_keys(store, "objects/")
-    store.delete(obj)
+    (big,) = [e for e in catalog.newest_valid(store)[0].entries if e.path == "big"]  # type: ignore[union-attr]
+    (ref,) = big.refs()  # 50 000 bytes: one chunk, alone in its pack (pack_size 4096)
+    store.delete(pack_key(ref.pack))
     v = verify(store)
-    assert not v.ok and v.bad_blobs == [obj] and any("root:big" in d for d in v.damaged_files)
+    assert not v.ok and v.bad_blobs == [pack_key(ref.pack)] and any("root:big" in d for d in v.damaged_files)
     assert verify(store, ids[0][:12].split("-")[0].lstrip("0") or "0").snapshots == [ids[0]]
 
 

@@ -16,9 +16,9 @@ from test_snapshot_support import everything, make_store, temp_leftovers, tree, 
 
 from fractfs.errors import CorruptCheckpointError, RestoreError
 from fractfs.snapshot import checkpoint, latest_paths, list_snapshots, restore, verify
-from fractfs.snapshot.format import FORMAT_NAME, SnapName
+from fractfs.snapshot.format import FORMAT_NAME, SnapName, object_key
 from fractfs.stores import PosixStore
-from test_reliability_support import put_pack
+from test_reliability_support import put_object, put_pack
 
 
 def _areas(tmp_path: Path, name: str = "app") -> dict[str, Path]:
@@ -381,17 +381,22 @@ def test_disk_full_raises_and_leaves_no_partial_file(tmp_path: Path, small_tmpfs
 
 
 def test_objects_missing_identical_or_with_masked_mode_bits(tmp_path: Path) -> None:
-    """Files stored as objects (``large_file`` lowered so small files become objects): an object missing
-    from the store is reported by name and leaves no temporary file; an identical local copy is left alone
-    under ``overwrite``; a mode the umask would mask (0o666) is restored exactly."""
+    """Files stored as objects (format v1's large files, in a v1 snapshot written by hand: checkpoints write
+    v2, which has none): an object missing from the store is reported by name and leaves no temporary file; an
+    identical local copy is left alone under ``overwrite``; a mode the umask would mask (0o666) is restored
+    exactly."""
     store = make_store(tmp_path)
-    src = _areas(tmp_path)
-    write(src["root"], "kept", "object one", mode=0o666)
-    write(src["root"], "lost", "object two")
-    write(src["root"], "packed", "abc", mode=0o666)  # under large_file: packed, written by the other path
-    checkpoint(store, src, everything, state_dir=tmp_path / "state", large_file=4)
-    lost = next(k for k, _ in store.list("objects/")
-                if store.get(k) == b"object two")
+    kept, lost_oid = put_object(store, b"object one"), put_object(store, b"object two")
+    pid, [loc] = _put_pack(store, [b"abc"])  # packed: written by the other path
+    entries = [
+        {"area": "root", "path": "kept", "type": "file", "mode": 0o666, "size": 10, "mtime_ns": 1,
+         "sha256": kept, "object": kept},
+        {"area": "root", "path": "lost", "type": "file", "mode": 0o644, "size": 10, "mtime_ns": 1,
+         "sha256": lost_oid, "object": lost_oid},
+        _file("packed", pid, loc, mode=0o666),
+    ]
+    _raw_manifest(store, 1, entries)
+    lost = object_key(lost_oid)
     store.delete(lost)
     dst = _areas(tmp_path, "fresh")
     old = os.umask(0o022)

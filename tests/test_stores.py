@@ -79,6 +79,19 @@ def test_get_range(store: Store) -> None:
         store.get_range("r/obj", -1, 10)
 
 
+def test_get_range_of_large_ranges(store: Store) -> None:
+    # ranges of 1 MiB and more take the blocking client on S3 (see test_s3_large_ranges_...)
+    data = os.urandom(3 << 20)
+    store.put("r/big", data)
+    assert store.get_range("r/big", 0, 2 << 20) == data[: 2 << 20]
+    assert store.get_range("r/big", 12345, 1 << 20) == data[12345 : 12345 + (1 << 20)]
+    assert store.get_range("r/big", (2 << 20) + 7, 2 << 20) == data[(2 << 20) + 7 :]  # short at the end
+    assert store.get_range("r/big", 3 << 20, 1 << 20) == b""
+    assert store.get_range("r/big", 2**62, 1 << 20) == b""
+    with pytest.raises(StoreNotFound):
+        store.get_range("r/missing", 0, 1 << 20)
+
+
 def test_put_file_get_file_5mib(store: Store, tmp_path: Path) -> None:
     src = tmp_path / "big.bin"
     payload = os.urandom(5 * 1024 * 1024 + 123)
@@ -533,6 +546,53 @@ def test_s3_fast_path_refused_falls_back_to_botocore(s3_url: str, caplog: pytest
     s.put("k1", b"one")  # refused (SignatureDoesNotMatch) → redone through botocore
     assert s._fast is None and not s._fast_wanted
     assert s.get("k1") == b"one" and s.get("k0") == b"zero"
+    assert any("fast S3 path refused" in r.getMessage() for r in caplog.records)
+
+
+def test_s3_large_ranges_use_the_blocking_client_one_connection_per_thread(s3_url: str) -> None:
+    import socket
+    import threading
+
+    s = FsspecStore(s3_url)
+    data = os.urandom(4 << 20)
+    s.put("big", data)
+    assert s.get_range("big", 1, 2 << 20) == data[1 : 1 + (2 << 20)]
+    ranges = s._ranges
+    assert ranges is not None
+    conn = ranges._local.conn
+    assert s.get_range("big", 0, 1 << 20) == data[: 1 << 20]
+    assert ranges._local.conn is conn  # kept alive and reused
+    # the server (or a proxy) closed the idle connection: the read is redone once on a new one
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    assert s.get_range("big", 5, 3 << 20) == data[5 : 5 + (3 << 20)]
+    assert ranges._local.conn is not conn
+
+    got: dict[int, bytes] = {}
+
+    def read(i: int) -> None:
+        got[i] = s.get_range("big", i << 18, 1 << 20)
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(got[i] == data[i << 18 : (i << 18) + (1 << 20)] for i in range(8))
+    # with the lean client switched off there is no blocking one either: everything goes through botocore
+    assert FsspecStore(s3_url, fast_path=False)._range_client() is None
+
+
+def test_s3_large_ranges_refused_fall_back_to_botocore(s3_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    from fractfs.stores._s3fast import Credentials
+
+    s = FsspecStore(s3_url)
+    data = os.urandom(2 << 20)
+    s.put("big", data)
+    assert s.get_range("big", 0, 1 << 20) == data[: 1 << 20]
+    assert s._ranges is not None
+    s._ranges._credentials = lambda: Credentials("fractfs-test", "not-the-secret", None)
+    assert s.get_range("big", 100, 1 << 20) == data[100 : 100 + (1 << 20)]  # refused, then botocore
+    assert s._ranges is None and not s._fast_wanted and s._range_client() is None
     assert any("fast S3 path refused" in r.getMessage() for r in caplog.records)
 
 

@@ -1,6 +1,6 @@
 """One writer per checkpoint area: a lease object on the store, kept alive by a heartbeat.
 
-Layout (docs/format.md §10): the lease is the object ``locks/lease.<generation>`` with the highest generation
+Layout (docs/format.md §B10): the lease is the object ``locks/lease.<generation>`` with the highest generation
 (12 digits). Taking the lease means creating generation ``g + 1`` with an *exclusive* put (``If-None-Match: *``
 on S3, link/``O_EXCL`` on a POSIX volume), so of several nodes racing for the same generation exactly one
 wins, and a takeover never has to delete or overwrite the key a live node might be renewing (delete-then-create

@@ -1,7 +1,10 @@
 """Reading one file so that its bytes provably belong to one version of it.
 
 A file is read bounded by the size seen at ``fstat`` (an appended-to file would never reach EOF) and stat'ed
-again afterwards; one that changed meanwhile is retried, then reported busy (:func:`capture`). A file whose
+again afterwards; one that changed meanwhile is retried, then reported busy (:func:`capture`). Its content is
+cut into format v2 chunks and each chunk hashed (docs/format.md §A2), every byte once: a file below
+the large-file threshold is read into memory and chunked there; a larger one is chunked while it is read
+(:func:`capture_streamed`), each chunk handed to the packer at once, so it is never held in memory whole. A file whose
 ctime is within one coarse kernel clock tick of now may still change without its timestamps moving (the *racy
 timestamp* guard): we wait that out before reading. A SQLite database is copied through SQLite's backup API
 (see :mod:`.sqlite`), which gives a consistent copy however busy it is.
@@ -13,9 +16,13 @@ either byte for byte or, for a file that only grew, on the first read's bytes (i
 capture is never remembered as read (no stat facts), so the next checkpoint looks at the file again.
 
 :class:`Readers` runs these reads a little ahead of the checkpoint loop on a few threads.
+
+A file's ``sha`` here is its content id (docs/format.md §A4): the SHA-256 of its bytes when it is one
+chunk (every file of at most 128 KiB), else the SHA-256 of its chunks' digests.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -28,10 +35,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import CheckpointAborted
-from ..localfile import hash_file, unlink_if_present
+from ..localfile import unlink_if_present
 from . import scan
 from . import sqlite as _sqlite
+from .chunker import FORMAT_PARAMS, chunks_pipelined, cut_points
 from .format import SQLITE_MAGIC
+from .packer import Slot
+from .pack2 import Bytes
 from .scan import S_IFREG
 from .statcache import Facts, stat_facts
 
@@ -52,6 +62,8 @@ _after_read_hook: Callable[[str], None] | None = None
 
 BUSY = "busy"
 GONE = "gone"
+#: :func:`capture` of a file at or above the large-file threshold: chunk it with :func:`capture_streamed`
+LARGE = "large"
 #: The checkpoint's cutoff came while the file was being read: it is left out, its previous version kept.
 OUT_OF_TIME = "out of time"
 #: How a capture was proven consistent (Captured.how): a settled read, two identical reads of a file that
@@ -61,19 +73,59 @@ SETTLED, IDENTICAL, PREFIX = "settled", "identical", "prefix"
 STABLE_READS = 6
 
 
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+#: One chunk of content held in memory: (offset, length, SHA-256 digest)
+Piece = tuple[int, int, bytes]
+#: Places one chunk (its digest, its bytes) and says where: :meth:`.packer.Packer.put_copy`
+PutChunk = Callable[[bytes, memoryview], Slot]
+
+
 @dataclass
 class Captured:
-    sha: str
+    sha: str  # the content id (see the module docstring)
     size: int
     mode: int
     mtime_ns: int
     facts: Facts | None  # what the stat cache will remember; None = re-read next time
-    data: bytes | None = None  # small files: the bytes
-    upload_path: str | None = None  # large files: what to stream to the store
+    data: Bytes | None = None  # files read into memory: the bytes ...
+    pieces: list[Piece] | None = None  # ... and their chunks
+    slots: list[Slot] | None = None  # files chunked while read: where their chunks went
+    #: A stable copy in the state dir's tmp/ (a SQLite backup, or the read a busy file's reads agreed on) that is
+    #: too large to hold: :func:`chunk_copy` chunks it into the packer, then removes it.
+    upload_path: str | None = None
     temp: bool = False  # upload_path is our own copy, delete it afterwards
     sqlite: bool = False
     side: tuple[Any, ...] | None = None
     how: str = SETTLED
+
+
+def content_id(digests: list[bytes]) -> str:
+    """The content id of a file whose chunks have these raw digests (docs/format.md §A4; the same as
+    :func:`.manifest2.content_id` of its chunk refs)."""
+    if len(digests) == 1:
+        return digests[0].hex()
+    if not digests:
+        return EMPTY_SHA256
+    return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+def chunk_bytes(data: Bytes) -> tuple[list[Piece], str]:
+    """Cut content held in memory into chunks and hash each one (each byte once); returns the chunks and the
+    content id. A file of at most ``min_size`` bytes is one chunk whose digest is the SHA-256 of the file."""
+    n = len(data)
+    if n <= FORMAT_PARAMS.min_size:
+        if not n:
+            return [], EMPTY_SHA256
+        d = hashlib.sha256(data).digest()
+        return [(0, n, d)], d.hex()
+    view = memoryview(data)
+    pieces = [(off, ln, hashlib.sha256(view[off:off + ln]).digest()) for off, ln in cut_points(view)]
+    return pieces, content_id([p[2] for p in pieces])
+
+
+def slots_id(slots: list[Slot]) -> str:
+    """The content id of a file whose chunks were placed as ``slots``."""
+    return content_id([bytes.fromhex(s.sha256) for s in slots])
 
 
 def same(a: os.stat_result, b: os.stat_result) -> bool:
@@ -87,17 +139,6 @@ def racy_ns(ctime_ns: int) -> int:
     if age >= RACY_NS or age < -RACY_NS:  # old, or far in the future (clock skew: waiting won't help)
         return 0
     return RACY_NS - max(age, 0)
-
-
-def _read_exact(fd: int, n: int) -> bytes:
-    parts = []
-    while n > 0:
-        b = os.read(fd, min(n, 64 * MiB))
-        if not b:
-            break
-        parts.append(b)
-        n -= len(b)
-    return b"".join(parts) if len(parts) != 1 else parts[0]
 
 
 class CaptureContext:
@@ -125,10 +166,11 @@ class CaptureContext:
 
 
 def capture(path: str, ctx: CaptureContext) -> Captured | str:
-    """Read ``path`` so that the bytes provably belong to one version of the file.
+    """Read ``path`` into memory so that the bytes provably belong to one version of the file, and chunk it.
 
     Bounded by the size seen at stat (an appended-to file would never reach EOF), re-stat'ed afterwards; a file
-    that changed while being read is retried, then reported busy and left for the next round.
+    that changed while being read is retried, then reported busy and left for the next round. A file of at
+    least ``ctx.large`` bytes is not read: LARGE says to chunk it with :func:`capture_streamed`.
     """
     for attempt in range(READ_ATTEMPTS):
         if attempt:
@@ -146,8 +188,12 @@ def capture(path: str, ctx: CaptureContext) -> Captured | str:
             if st0.st_mode & 0o170000 != S_IFREG:
                 return BUSY
             size = st0.st_size
-            first = _read_exact(fd, min(size, CHUNK))
-            if first[:16] == SQLITE_MAGIC and path not in ctx.sqlite_unreadable_logged:
+            large = size >= ctx.large
+            # a small file's first read holds its header (one read for most files); a large one's is peeked at
+            data = os.pread(fd, 16, 0) if large else _read_into(fd, size, ctx)
+            if data is None:
+                return OUT_OF_TIME
+            if data[:16] == SQLITE_MAGIC and path not in ctx.sqlite_unreadable_logged:
                 # the backup API gives a consistent copy however busy the database is
                 os.close(fd)
                 fd = -1
@@ -155,24 +201,85 @@ def capture(path: str, ctx: CaptureContext) -> Captured | str:
                 if got is not None:
                     return got
                 continue  # not readable as a database: copy its bytes like any file
+            if large:
+                return LARGE
             wait = racy_ns(st0.st_ctime_ns)
             if wait:
                 time.sleep(wait / 1e9)
                 continue
-            h = hashlib.sha256(first)
-            n = len(first)
-            small = size < ctx.large
-            parts = [first]
-            while n < size:
-                if ctx.stop():
-                    return OUT_OF_TIME
-                b = os.read(fd, min(CHUNK, size - n))
-                if not b:
-                    break
-                h.update(b)
-                n += len(b)
-                if small:
-                    parts.append(b)
+            if _after_read_hook is not None:
+                _after_read_hook(path)
+            st1 = os.fstat(fd)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if len(data) != size or not same(st0, st1):
+            log.debug("%s changed while being read (attempt %d)", path, attempt + 1)
+            continue
+        pieces, cid = chunk_bytes(data)  # hashed only once the read is known to be one version
+        return Captured(sha=cid, size=size, mode=st0.st_mode & 0o7777, mtime_ns=st0.st_mtime_ns,
+                        facts=stat_facts(st0), data=data, pieces=pieces)
+    return BUSY
+
+
+def _read_into(fd: int, size: int, ctx: CaptureContext) -> Bytes | None:
+    """Up to ``size`` bytes of ``fd`` (fewer if it shrank), read in CHUNK steps so the cutoff is seen; None at
+    the cutoff. One buffer, no joining: a 60 MiB file costs one copy out of the page cache."""
+    if size <= CHUNK:
+        return os.read(fd, size) if size else b""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    n = 0
+    while n < size:
+        if ctx.stop():
+            return None
+        got = os.readv(fd, [view[n:min(size, n + CHUNK)]])
+        if not got:
+            del view
+            del buf[n:]  # shrank under us: the caller's size check sees it
+            return buf
+        n += got
+    return buf
+
+
+def capture_streamed(path: str, ctx: CaptureContext, put: PutChunk) -> Captured | str:
+    """Read a large file once, cutting and hashing its chunks as they are read and handing each to ``put`` (the
+    packer, which uploads new ones while reading goes on), then re-stat it; as :func:`capture` otherwise.
+
+    A file that changed meanwhile is read again (up to READ_ATTEMPTS times), then BUSY. Its chunks already
+    placed are harmless: content-addressed, only referenced by a file that really has them, and found again
+    (not uploaded twice) by the next attempt."""
+    for attempt in range(READ_ATTEMPTS):
+        if attempt:
+            time.sleep(0.02 * attempt)
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            return GONE
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return BUSY
+            raise
+        try:
+            st0 = os.fstat(fd)
+            if st0.st_mode & 0o170000 != S_IFREG:
+                return BUSY
+            size = st0.st_size
+            if os.pread(fd, 16, 0) == SQLITE_MAGIC and path not in ctx.sqlite_unreadable_logged:
+                os.close(fd)  # became a database since capture() looked: its backup, as there
+                fd = -1
+                got = _capture_sqlite(path, st0, ctx)
+                if got is not None:
+                    return got
+                continue
+            wait = racy_ns(st0.st_ctime_ns)
+            if wait:
+                time.sleep(wait / 1e9)
+                continue
+            got_all = _chunk_fd(fd, size, ctx, put)
+            if got_all is None:
+                return OUT_OF_TIME
+            slots, n = got_all
             if _after_read_hook is not None:
                 _after_read_hook(path)
             st1 = os.fstat(fd)
@@ -182,14 +289,47 @@ def capture(path: str, ctx: CaptureContext) -> Captured | str:
         if n != size or not same(st0, st1):
             log.debug("%s changed while being read (attempt %d)", path, attempt + 1)
             continue
-        cap = Captured(sha=h.hexdigest(), size=size, mode=st0.st_mode & 0o7777, mtime_ns=st0.st_mtime_ns,
-                        facts=stat_facts(st0))
-        if small:
-            cap.data = b"".join(parts)
-        else:
-            cap.upload_path = path
-        return cap
+        return Captured(sha=slots_id(slots), size=size, mode=st0.st_mode & 0o7777, mtime_ns=st0.st_mtime_ns,
+                        facts=stat_facts(st0), slots=slots)
     return BUSY
+
+
+def _chunk_fd(fd: int, size: int, ctx: CaptureContext, put: PutChunk) -> tuple[list[Slot], int] | None:
+    """Chunk up to ``size`` bytes of ``fd`` into ``put``: the slots and the bytes read (None at the cutoff).
+    The chunker's worker has stopped reading ``fd`` when this returns."""
+    slots: list[Slot] = []
+    n = 0
+    with contextlib.closing(chunks_pipelined(fd, limit=size)) as stream:
+        for c in stream:
+            if ctx.stop():
+                return None
+            slots.append(put(c.digest, c.data))
+            n += c.length
+    return slots, n
+
+
+def chunk_copy(cap: Captured, ctx: CaptureContext, put: PutChunk) -> Captured | str:
+    """Chunk ``cap``'s stable copy (``upload_path``) into ``put`` and remove the copy; sets ``cap.slots`` and
+    its content id. OUT_OF_TIME at the cutoff."""
+    path = cap.upload_path
+    assert path is not None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            got_all = _chunk_fd(fd, cap.size, ctx, put)
+        finally:
+            os.close(fd)
+        if got_all is None:
+            return OUT_OF_TIME
+        slots, n = got_all
+        if n != cap.size:  # our own copy; nothing else writes it
+            raise OSError(errno.EIO, f"{path}: copy holds {n} bytes, expected {cap.size}")
+    finally:
+        if cap.temp:
+            unlink_if_present(path)
+        cap.upload_path, cap.temp = None, False
+    cap.slots, cap.sha = slots, slots_id(slots)
+    return cap
 
 
 @dataclass
@@ -344,11 +484,15 @@ def _looks_sqlite(path: str) -> bool:
 
 
 def _taken(r: _Read, st: os.stat_result, how: str, facts: Facts | None) -> Captured:
-    """``r`` as a capture; its temp copy (if any) now belongs to the capture."""
+    """``r`` as a capture; its temp copy (if any) now belongs to the capture (chunked by :func:`chunk_copy`).
+
+    The reads of a busy file were compared by whole-file SHA-256, so the version taken is hashed a second time
+    here, by chunk: the price of a file that would not hold still, paid only by such files."""
     cap = Captured(sha=r.sha, size=r.size, mode=st.st_mode & 0o7777, mtime_ns=st.st_mtime_ns, facts=facts,
                    how=how)
     if r.data is not None:
         cap.data = r.data
+        cap.pieces, cap.sha = chunk_bytes(r.data)
     else:
         cap.upload_path, cap.temp = r.temp, True
         r.temp = None  # not discarded with the rest
@@ -374,15 +518,16 @@ def _capture_sqlite(path: str, st0: os.stat_result, ctx: CaptureContext) -> Capt
         ctx.sqlite_unreadable_logged.add(path)
         return None
     try:
-        sha, size = hash_file(tmp)
+        size = os.path.getsize(tmp)
         racy = racy_ns(st0.st_ctime_ns) or any(racy_ns(s[3]) for s in side if s[2])
-        cap = Captured(sha=sha, size=size, mode=st0.st_mode & 0o7777, mtime_ns=st0.st_mtime_ns,
+        cap = Captured(sha="", size=size, mode=st0.st_mode & 0o7777, mtime_ns=st0.st_mtime_ns,
                         facts=None if racy else stat_facts(st0), sqlite=True, side=side)
         if size < ctx.large:
             with open(tmp, "rb") as f:
                 cap.data = f.read()
             unlink_if_present(tmp)
-        else:
+            cap.pieces, cap.sha = chunk_bytes(cap.data)
+        else:  # chunked from the copy by the checkpoint loop (chunk_copy): a page change costs about a chunk
             cap.upload_path = os.fspath(tmp)
             cap.temp = True
         return cap

@@ -219,6 +219,8 @@ def _file(ch: Changes, area: str, top: str, rec: Rec, row: CacheRow | None, cont
                 return
             e = row.entry(area, rel)
             where = base.dedup.get(e.sha256)
+            if where is not None and where.size != e.size:
+                where = None  # a one-chunk file's id met a chunked file's (its bytes are that file's digests)
             if where is not None or not e.size:
                 ch.put(key, relocate(e, where), rec[1:], side)
                 return

@@ -2,34 +2,41 @@
 
 Two steps, so that committing is one call that can be refused:
 
-- :func:`prepare` walks, compares (:mod:`.diff`), reads (:mod:`.capture`) and uploads (:mod:`.packer`) what
-  changed, and builds the manifest bytes and name. It writes packs and objects, never ``snapshots/``.
+- :func:`prepare` walks, compares (:mod:`.diff`), reads and chunks (:mod:`.capture`) and uploads
+  (:mod:`.packer`) what changed, and builds the manifest bytes and name. It writes packs, never ``snapshots/``.
 - :func:`commit` calls ``fence()`` (which raises LeaseLost / CheckpointAborted when this node may not commit),
   writes the manifest, trims old manifests, then saves the stat cache.
 
 Both run under the state dir's :class:`~.statcache.StateLock`, held by the caller (:func:`checkpoint` does
 it all in one call; the app goes through :mod:`fractfs.checkpointer`).
 
-Order of writes: packs and objects first, the manifest last, the local stat cache after that. A crash anywhere
+Checkpoints write format version 2 (docs/format.md): every file's content as chunks in packs. The
+first checkpoint over a version 1 store migrates it (:func:`_rechunk_legacy`); when a file only version 1 can
+describe cannot be read again in that checkpoint, it is written as version 1 once more (:func:`_fall_back_to_v1`),
+so nothing is lost and the next checkpoint tries again.
+
+Order of writes: packs first, the manifest last, the local stat cache after that. A crash anywhere
 leaves the previous manifest as the checkpoint and at worst some unreferenced blobs (removed by prune). Which
 blobs exist is only ever learned from a verified manifest (or from the stat cache written after committing
 one), never from listing the store: a blob torn by a crash is simply written again.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Union
 
-from ..errors import AlreadyExists, FractfsError, ObjectRejected, StoreError
-from ..localfile import private_dir, unlink_if_present
+from ..errors import AlreadyExists, FractfsError, StoreError
+from ..localfile import private_dir, unlink_if_present, write_replace
 from ..stores.base import Store
 from ..stores.wrappers import abortable
-from . import capture, catalog, diff, scan, statcache, unrestored
+from . import capture, catalog, diff, manifests, scan, statcache, unrestored
 from .capture import MiB, CaptureContext, Captured, Readers
 from .diff import Base, Changes, Key
 from .format import (
@@ -43,14 +50,16 @@ from .format import (
     parse_snapshot_id,
     valid_area,
 )
-from .packer import NewLoc, Packer
+from .manifest2 import MAX_CHUNK
+from .packer import MISSED, REJECTED, Known, Packer
 from .scan import S_IFDIR, S_IFLNK, S_IFREG, WalkResult, Want
 from .statcache import CacheHeader, Rows, StateLock
 from .xfer import check_stored
 
 log = logging.getLogger("fractfs")
 
-#: Files at least this big are stored as their own object (streamed), smaller ones go into packs.
+#: Files at least this big are chunked while they are read (streamed into packs); smaller ones are read into
+#: memory on the reader threads and chunked there.
 LARGE_FILE = 8 * MiB
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -242,11 +251,14 @@ def prepare(store: Store, areas: dict[str, Path], want: Want | None, state_dir: 
     # take a place among the `keep` newest (a planted 7-byte snapshots/999999999999-… would do both)
     usable = catalog.without_damaged(store, look.names, look.sized)
     ch = diff.compare(areas, look.walked, rows, base, opts.content_hash)
+    rechunked = _rechunk_legacy(ch, look.walked)
     result = CheckpointResult(parent=base.id)
     result.uploaded_bytes = _store_dirty(store, areas, ch, opts, state_dir / "tmp", result)
     kept, waiting = diff.carry_unrestored(ch, state_dir, areas, pick)
     result.kept_unrestored = [e.label for e in kept]
-    result.stored = diff.stored_paths(ch)
+    legacy = _fall_back_to_v1(ch, result, rechunked)
+    # a file chunked anew only because its stored form was v1's holds the content the cache vouched for
+    result.stored = [p for p in diff.stored_paths(ch) if p not in rechunked]
     result.deleted = sorted(f"{a}:{r}" for (a, r) in base.entries if (a, r) not in ch.new)
     result.files = sum(1 for e in ch.new.values() if e.type == FILE)
     result.bytes = sum(e.size for e in ch.new.values() if e.type == FILE)
@@ -256,7 +268,8 @@ def prepare(store: Store, areas: dict[str, Path], want: Want | None, state_dir: 
     snapshot_id = base.id
     snapshot_size = look.sized.get(base.name) if base.name is not None else None
     if ch.new != base.entries:
-        prep.name, prep.data = _manifest(ch, look.hdr, usable, opts.node_id)
+        prep.name, prep.data = _manifest(ch, look.hdr, usable, opts.node_id, v1=legacy,
+                                         attempted=_attempted(state_dir))
         snapshot_id, snapshot_size = prep.name.id, len(prep.data)
     prep.cache, prep.rows = _cache_out(areas, look.walked, ch, result, snapshot_id, snapshot_size)
     return prep
@@ -300,11 +313,13 @@ def _choose_base(store: Store, look: _Look, sdir: Path) -> tuple[Base, Rows]:
 
 
 def _order(dirty: list[tuple[str, str, tuple[str, int, int, int, int, int]]], opts: Options) -> None:
-    """The order files are read in. Without a deadline: by path (deterministic packing). With one: small files
-    first (many of them fit in little time), then large ones; each group most recently modified first (the
-    likeliest to matter on restart, and the ones no earlier checkpoint has)."""
+    """The order files are read in: small files first, then large ones (chunked into packs of their own, see
+    :func:`_own_packs`), so the small files' packs are on their way before a large file fills the store: on
+    a Volume with less room than the large file needs, they land before its packs are refused for space.
+    Without a deadline each group by path (deterministic packing). With one, each group most recently
+    modified first (the likeliest to matter on restart, and the ones no earlier checkpoint has)."""
     if opts.deadline is None:
-        dirty.sort(key=lambda d: (d[0], d[1]))
+        dirty.sort(key=lambda d: (d[2][2] >= opts.large_file, d[0], d[1]))
     else:
         dirty.sort(key=lambda d: (d[2][2] >= opts.large_file, -d[2][3], d[0], d[1]))
 
@@ -329,14 +344,15 @@ def _store_dirty(store: Store, areas: dict[str, Path], ch: Changes, opts: Option
     dirty = ch.dirty
     _order(dirty, opts)
     cutoff = None if opts.deadline is None else opts.deadline - manifest_reserve(len(ch.new) + len(dirty))
-    # a packed file is at most MAX_PACKED_FILE (a restore refuses larger ones): stream anything above it
+    # what is read into memory whole stays bounded however large_file is set
     ctx = CaptureContext(tmpdir, min(opts.large_file, MAX_PACKED_FILE), cutoff, opts.content_hash,
                          cancelled=lambda: getattr(store, "aborted", False) is True)
     # Uploads go through their own abortable view of the store: at the cutoff it is aborted, so uploads that
     # have not finished stop at their next request, while the manifest still goes through ``store``.
     up_store = abortable(store)
-    packer = Packer(up_store, max(1, opts.transfers), opts.pack_size, until=cutoff)
-    placed: dict[Key, tuple[Captured, NewLoc]] = {}
+    known = Known(ch.base.entries.values(), ch.base.dedup) if dirty else None
+    packer = Packer(up_store, max(1, opts.transfers), opts.pack_size, known, until=cutoff)
+    placed: dict[Key, Captured] = {}
     later: list[tuple[str, str, tuple[str, int, int, int, int, int]]] = []
     # With a deadline, files are read one at a time, so the cutoff is checked right before each.
     readers = None if cutoff is not None or len(dirty) < 2 else Readers(
@@ -350,6 +366,9 @@ def _store_dirty(store: Store, areas: dict[str, Path], ch: Changes, opts: Option
                 continue
             try:
                 got = capture.capture(path, ctx) if readers is None else readers.get(i)
+                if got == capture.LARGE:
+                    with _own_packs(packer):
+                        got = capture.capture_streamed(path, ctx, packer.put_copy)
             except OSError as exc:
                 log.warning("fractfs: cannot read %s (%s); keeping its previous state", path, exc)
                 _busy(ch, key, result)
@@ -357,7 +376,7 @@ def _store_dirty(store: Store, areas: dict[str, Path], ch: Changes, opts: Option
             if got == capture.BUSY:
                 later.append((area, rel, rec))  # spread the attempts: it gets another chance at the end
                 continue
-            _take(ch, key, rec, got, path, result, packer, placed)
+            _take(ch, key, rec, got, path, result, packer, placed, ctx)
         for area, rel, rec in later:
             key = (area, rel)
             path = os.path.join(os.fspath(areas[area]), rel)
@@ -370,7 +389,7 @@ def _store_dirty(store: Store, areas: dict[str, Path], ch: Changes, opts: Option
                 log.warning("fractfs: cannot read %s (%s); keeping its previous state", path, exc)
                 _busy(ch, key, result)
                 continue
-            _take(ch, key, rec, got, path, result, packer, placed)
+            _take(ch, key, rec, got, path, result, packer, placed, ctx)
         packer.finish()
         _settle(ch, placed, result)
         # in the order they were taken up (newest first under a deadline), not the order they were given up
@@ -387,9 +406,30 @@ def _store_dirty(store: Store, areas: dict[str, Path], ch: Changes, opts: Option
     return packer.uploaded
 
 
+@contextlib.contextmanager
+def _own_packs(packer: Packer) -> Iterator[None]:
+    """A large file's new chunks go into packs of their own: the small files placed before it are sealed and
+    sent first (under a deadline they do not wait behind it), and a pack of it that the store refuses (a file
+    larger than the Volume's free space) leaves out only that file, not the small ones that would have
+    shared its first or last pack, as in v1, where a large file was an object of its own."""
+    packer.seal()
+    try:
+        yield
+    finally:
+        packer.seal()
+
+
 def _take(ch: Changes, key: Key, rec: tuple[str, int, int, int, int, int], got: Captured | str, path: str,
-          result: CheckpointResult, packer: Packer, placed: dict[Key, tuple[Captured, NewLoc]]) -> None:
+          result: CheckpointResult, packer: Packer, placed: dict[Key, Captured], ctx: CaptureContext) -> None:
     """Record what reading one file gave: place its content, or keep its previous entry and say why."""
+    if isinstance(got, Captured) and got.upload_path is not None:
+        try:
+            with _own_packs(packer):
+                got = capture.chunk_copy(got, ctx, packer.put_copy)
+        except OSError as exc:
+            log.warning("fractfs: cannot read the copy of %s (%s); keeping its previous state", path, exc)
+            _busy(ch, key, result)
+            return
     if got == capture.GONE:
         ch.digest_ok = False
         return
@@ -422,68 +462,131 @@ def _missed(ch: Changes, key: Key, result: CheckpointResult) -> None:
     ch.digest_ok = False
 
 
-def _place(ch: Changes, key: Key, cap: Captured, packer: Packer,
-           placed: dict[Key, tuple[Captured, NewLoc]]) -> None:
-    """Point at a stored copy the base already has, or queue the content for upload."""
+def _place(ch: Changes, key: Key, cap: Captured, packer: Packer, placed: dict[Key, Captured]) -> None:
+    """Point at a stored copy the base already has, or place the content's chunks (each new one is uploaded,
+    each known one referenced)."""
     entry = Entry(key[0], key[1], FILE, mode=cap.mode, size=cap.size, mtime_ns=cap.mtime_ns, sha256=cap.sha,
                   sqlite=cap.sqlite)
     prev = ch.base.entries.get(key)
     known = prev if (prev is not None and prev.type == FILE and prev.sha256 == cap.sha
-                     and (prev.pack or prev.object or not prev.size)) else ch.base.dedup.get(cap.sha)
+                     and (prev.stored or not prev.size)) else ch.base.dedup.get(cap.sha)
+    if known is not None and (known.size != cap.size or not manifests.expressible(known)):
+        # stored in a v1 form v2 cannot point at: store it as chunks. (A size that differs means a content
+        # id of one kind met one of the other: a small file holding exactly another file's chunk digests.)
+        known = None
     if known is not None or cap.size == 0:
-        if cap.temp and cap.upload_path:
-            unlink_if_present(cap.upload_path)
         ch.put(key, diff.relocate(entry, known), cap.facts, cap.side)
         return
-    placed[key] = (cap, packer.place(cap))
+    if cap.slots is None:
+        assert cap.data is not None and cap.pieces is not None
+        view = memoryview(cap.data)
+        # The packs keep views of the file's bytes until they are stored (no copy), which keeps the whole
+        # buffer alive: when only a small part of it is new (an edit), the new chunks are copied instead, so a
+        # pack never pins much more memory than its own size.
+        new = sum(n for _off, n, d in cap.pieces if not packer.has(d))
+        copy = 0 < new * 2 < len(view)
+        cap.slots = [packer.put(d, view[off:off + n], copy) for off, n, d in cap.pieces]
+        cap.data = cap.pieces = None
+    placed[key] = cap
 
 
-def _settle(ch: Changes, placed: dict[Key, tuple[Captured, NewLoc]], result: CheckpointResult) -> None:
+def _settle(ch: Changes, placed: dict[Key, Captured], result: CheckpointResult) -> None:
     """After the uploads finished (or the cutoff came): the entries of the files this checkpoint stored.
 
-    A file whose upload did not finish by the cutoff is out of time; one whose pack or object the store
-    refused (:class:`~fractfs.errors.ObjectRejected`: a pack's refusal covers every file in it) is listed in
-    ``rejected``; both keep the base's entry (a new file is left out)."""
-    for key, (cap, nloc) in placed.items():
-        label = f"{key[0]}:{key[1]}"
-        fut = nloc.upload()
-        if fut is None or not fut.done() or fut.cancelled():
+    A file with a chunk in a pack whose upload did not finish by the cutoff is out of time; one with a chunk
+    in a pack the store refused (:class:`~fractfs.errors.ObjectRejected`) is listed in ``rejected``; both keep
+    the base's entry (a new file is left out)."""
+    for key, cap in placed.items():
+        assert cap.slots is not None
+        how, why = Packer.outcome(cap.slots)
+        if how == MISSED:
             _missed(ch, key, result)
             continue
-        exc = fut.exception()
-        if isinstance(exc, ObjectRejected):
-            result.rejected[label] = str(exc)
+        if how == REJECTED:
+            result.rejected[f"{key[0]}:{key[1]}"] = why
             ch.carry(key)
             ch.digest_ok = False
             continue
-        if exc is not None:
-            raise exc  # Packer.finish raises these first; kept for safety
-        if nloc.future is not None and not fut.result():
-            log.info("fractfs: %s changed while being uploaded; left for the next checkpoint", label)
-            _busy(ch, key, result)
-            continue
-        entry = Entry(key[0], key[1], FILE, mode=cap.mode, size=cap.size, mtime_ns=cap.mtime_ns, sha256=cap.sha,
-                      sqlite=cap.sqlite)
-        if nloc.pack is not None:
-            entry = entry._replace(pack=nloc.pack.id, offset=nloc.offset)
+        ch.put(key, _file_entry(key, cap), cap.facts, cap.side)
+
+
+def _file_entry(key: Key, cap: Captured) -> Entry:
+    """The entry of a file whose chunks are stored: one chunk is a pack slice (as in v1), more are chunks."""
+    assert cap.slots is not None
+    refs = tuple(s.ref() for s in cap.slots)
+    entry = Entry(key[0], key[1], FILE, mode=cap.mode, size=cap.size, mtime_ns=cap.mtime_ns, sha256=cap.sha,
+                  sqlite=cap.sqlite)
+    if len(refs) == 1:
+        return entry._replace(pack=refs[0].pack, offset=refs[0].offset)
+    return entry._replace(chunks=refs)
+
+
+def _legacy(entries: dict[Key, Entry]) -> list[Key]:
+    """Files stored in a form only format v1 can describe (:func:`.manifests.expressible`, inlined: this runs
+    over every entry of every checkpoint that writes)."""
+    limit = MAX_CHUNK
+    return [k for k, e in entries.items() if e.object or (e.pack and e.size > limit)]
+
+
+def _rechunk_legacy(ch: Changes, walked: WalkResult) -> set[str]:
+    """Files the stat cache vouches for but whose stored form only format v1 can describe (an ``objects/``
+    object, or a pack slice longer than a chunk): move them to the files to read, so this checkpoint stores
+    them as chunks (the first checkpoint of a v1 store, docs/format.md §A5). Returns their labels."""
+    stale = [k for k in _legacy(ch.new) if k not in ch.carried]
+    if not stale:
+        return set()
+    recs = {area: {rec[0]: rec for rec in walked.records.get(area, [])} for area in {a for a, _ in stale}}
+    for key in stale:
+        del ch.new[key]
+        del ch.rows[key]
+        ch.dirty.append((key[0], key[1], recs[key[0]][key[1]]))
+    log.info("fractfs: checkpoint: %d files stored in format v1's large-file form are read again to be stored "
+             "as chunks (format v2)", len(stale))
+    return {f"{a}:{r}" for a, r in stale}
+
+
+def _fall_back_to_v1(ch: Changes, result: CheckpointResult, rechunked: set[str]) -> bool:
+    """When the next snapshot would still hold files only format v1 can describe (ones this checkpoint could
+    not read again: busy, out of time, refused, unreadable, kept for an unfinished restore), it is written as
+    v1, which loses none of them; files stored as several chunks, which v1 cannot describe, keep their
+    previous version this time (listed as busy, unless only their stored form was to change: ``rechunked``).
+    The next checkpoint tries the migration again. True when the snapshot is to be written as v1."""
+    legacy = sorted(_legacy(ch.new))
+    if not legacy:
+        return False
+    held = sorted(k for k, e in ch.new.items() if e.chunks)
+    for key in held:
+        label = f"{key[0]}:{key[1]}"
+        if key in ch.base.entries:
+            ch.carry(key)
         else:
-            entry = diff.relocate(entry, None, obj=nloc.object)
-        ch.put(key, entry, cap.facts, cap.side)
+            del ch.new[key]
+            del ch.rows[key]
+        if label not in rechunked:
+            result.skipped_busy.append(label)
+    ch.digest_ok = False
+    log.warning("fractfs: checkpoint written in format v1 once more: %d files stored in v1's large-file form "
+                "could not be read again to store them as chunks (%s)%s", len(legacy),
+                ", ".join(f"{a}:{r}" for a, r in legacy[:5]),
+                f"; {len(held)} files stored as chunks keep their previous version until then" if held else "")
+    return True
 
 
-def _manifest(ch: Changes, hdr: CacheHeader | None, names: list[SnapName], node_id: str) -> tuple[SnapName, bytes]:
+def _manifest(ch: Changes, hdr: CacheHeader | None, names: list[SnapName], node_id: str,
+              v1: bool = False, attempted: int = 0) -> tuple[SnapName, bytes]:
     entries = [ch.new[k] for k in sorted(ch.new)]
-    # Never below what this node already committed: a stale listing (FUSE directory cache, an eventually
-    # consistent store) can hide our last manifest, and a second manifest with the same number would
-    # then be ordered against it by digest alone, i.e. at random, and could lose to the older state.
+    # Never below what this node already committed, nor below a manifest it tried to write: a stale listing
+    # (FUSE directory cache, an eventually consistent store) can hide our last manifest, or one whose write
+    # landed although its response was lost, and a second manifest with the same number would then be
+    # ordered against it by digest alone, i.e. at random, and could lose to the older state.
     last = parse_snapshot_id(hdr.snapshot) if hdr is not None and hdr.snapshot else None
-    seq = max(names[-1].seq if names else 0, last.seq if last is not None else 0) + 1
+    seq = max(names[-1].seq if names else 0, last.seq if last is not None else 0, attempted) + 1
     if seq > MAX_SEQ:
         raise FractfsError(f"snapshot sequence space exhausted: {names[-1].key if names else '?'} on the store "
                            f"carries sequence {seq - 1}, the largest there is; fractfs never counts that high, so "
                            "it was put there by hand: delete it (fractfs verify lists it)")
     man = Manifest(seq=seq, created_ns=time.time_ns(), node=node_id, parent=ch.base.id, entries=entries)
-    return encode_manifest(man)
+    return encode_manifest(man) if v1 else manifests.encode(man)
 
 
 def _cache_out(areas: dict[str, Path], walked: WalkResult, ch: Changes, result: CheckpointResult,
@@ -509,6 +612,7 @@ def commit(store: Store, prep: Prepared, fence: Fence = no_fence) -> CheckpointR
         return result  # nothing changed, nothing looked at: the stat cache is already right
     committed = prep.name
     if committed is not None:
+        _note_attempt(prep.state_dir, committed.seq)
         _write_manifest(store, committed, prep.data, fence)
         result.uploaded_bytes += len(prep.data)
         result.snapshot_id = committed.id
@@ -529,6 +633,29 @@ def commit(store: Store, prep: Prepared, fence: Fence = no_fence) -> CheckpointR
     else:
         log.debug("fractfs: checkpoint: no change to commit (%.3fs)", result.duration)
     return result
+
+
+#: Node-local note of the highest sequence number this node tried to write a manifest under (see _manifest).
+ATTEMPT_FILE = "manifest-attempt"
+
+
+def _attempted(sdir: Path) -> int:
+    """The sequence number of this node's last manifest write, landed or not (0: none, or unreadable)."""
+    try:
+        text = (sdir / ATTEMPT_FILE).read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        return 0
+    return int(text) if text.isdigit() and len(text) <= 12 else 0
+
+
+def _note_attempt(sdir: Path, seq: int) -> None:
+    """Remember ``seq`` before its manifest is written: if the write lands but its response is lost, the next
+    checkpoint must not reuse the number even when the listing does not show that manifest yet. Losing the
+    note only brings back the old behaviour, so a failure to write it is logged, not raised."""
+    try:
+        write_replace(sdir / ATTEMPT_FILE, str(seq).encode("ascii"))
+    except OSError as exc:
+        log.warning("fractfs: could not note the snapshot number being written in %s (%s)", sdir, exc)
 
 
 #: Old manifests are trimmed after a deadline-bound commit only when at least this much time is left.

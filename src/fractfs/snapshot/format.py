@@ -44,7 +44,7 @@ _AREA = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\Z")
 #: The largest sequence number the 12-digit field can hold.
 MAX_SEQ = 10**12 - 1
 
-# Limits on what a manifest may hold (docs/format.md §3 "Limits"). A manifest is input from whoever can write
+# Limits on what a manifest may hold (docs/format.md §B3 "Limits"). A manifest is input from whoever can write
 # the store; these bound the memory and time a node spends on one before it knows whether it is usable.
 #: Bytes a manifest may have on the store, and may inflate to: MAX_ENTRIES entries of up to ~500 bytes (a file
 #: entry with a pack and a short path is ~280). Checked before reading, and while inflating.
@@ -415,12 +415,12 @@ def encode_manifest(m: Manifest) -> tuple[SnapName, bytes]:
     }
     if len(m.entries) > MAX_ENTRIES:
         raise FractfsError(f"a snapshot of {len(m.entries)} files, directories and links is over the limit of "
-                           f"{MAX_ENTRIES} entries (docs/format.md §3), so no node could restore it; exclude "
+                           f"{MAX_ENTRIES} entries (docs/format.md §B3), so no node could restore it; exclude "
                            "generated or cache trees with [ignore] or put them under [dirs]")
     raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     if len(raw) > MAX_MANIFEST_BYTES:
         raise FractfsError(f"this snapshot's manifest would be {len(raw)} bytes, over the limit of "
-                           f"{MAX_MANIFEST_BYTES} (docs/format.md §3), so no node could restore it; exclude "
+                           f"{MAX_MANIFEST_BYTES} (docs/format.md §B3), so no node could restore it; exclude "
                            "generated or cache trees with [ignore] or put them under [dirs]")
     # level 1: a 100k-entry manifest compresses 5x in ~0.2 s; higher levels buy a few % for 3x the time,
     # and the final checkpoint at SIGTERM has a budget of seconds. mtime=0 keeps the bytes deterministic.

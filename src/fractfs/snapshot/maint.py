@@ -1,6 +1,7 @@
 """Looking after the store: list snapshots, the newest snapshot's paths, prune, verify, stored sizes."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import tempfile
@@ -8,11 +9,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..errors import CorruptCheckpointError, FractfsError, StoreError, StoreNotFound
 from ..localfile import hash_file
 from ..stores.base import Store
 from . import catalog
+from . import pack2
 from .format import (
     parse_snapshot_id,
     FILE,
@@ -20,6 +23,7 @@ from .format import (
     PACKS,
     Entry,
     Manifest,
+    ChunkRef,
     SnapName,
     UnknownFormatError,
     blob_id_from_key,
@@ -118,12 +122,7 @@ def prune(store: Store, keep: int, dry_run: bool = False, *, newest_known: str |
     res.kept = [m.id for m in reversed(kept) if m.id]
     referenced: set[str] = set()
     for m in kept:
-        for e in m.entries:
-            if e.type == FILE:
-                if e.pack:
-                    referenced.add(e.pack)
-                elif e.object:
-                    referenced.add(e.object)
+        referenced.update(blob_ids(m))
     res.referenced_blobs = len(referenced)
     for name in sorted(drop):
         res.deleted_snapshots.append(name.id)
@@ -202,73 +201,119 @@ def verify(store: Store, snapshot_id: str | None = None, *, transfers: int = 8) 
             manifests.append(m)
     res.snapshots = [m.id for m in manifests if m.id]
 
-    # blob id → [(snapshot id, entry)]
-    uses: dict[str, list[tuple[str, Entry]]] = {}
+    # pack id -> [(snapshot id, entry, slice)]; object id -> [(snapshot id, entry)]
+    slices: dict[str, list[tuple[str, Entry, ChunkRef]]] = {}
+    objects: dict[str, list[tuple[str, Entry]]] = {}
     for m in manifests:
+        sid = m.id or ""
         for e in m.entries:
-            if e.type == FILE and (e.pack or e.object):
-                uses.setdefault(e.pack or e.object, []).append((m.id or "", e))
-            elif e.type == FILE:
-                res.files_checked += 1  # empty file: nothing stored, sha256 checked by the format
+            if e.type != FILE:
+                continue
+            # an empty file has nothing stored (its sha256 is checked by the format)
+            res.files_checked += 1
+            res.bytes_checked += e.size
+            if e.object:
+                objects.setdefault(e.object, []).append((sid, e))
+            for c in e.refs():
+                slices.setdefault(c.pack, []).append((sid, e, c))
         for msg in m.bad:
             res.damaged_files.append(f"{m.id} {msg}")
 
-    def check(bid: str, users: list[tuple[str, Entry]]) -> tuple[list[str], list[str], int, int]:
-        bad_files: list[str] = []
-        bad_blobs: list[str] = []
-        first = users[0][1]
-        key = pack_key(bid) if first.pack else object_key(bid)
-        nfiles = 0
-        nbytes = 0
-        try:
-            if first.pack:
-                data = store.get(key)
-                if hashlib.sha256(data).hexdigest() != bid:
-                    bad_blobs.append(key)
-                for sid, e in users:
-                    chunk = data[e.offset:e.offset + e.size]
-                    nfiles += 1
-                    nbytes += e.size
-                    if len(chunk) != e.size or hashlib.sha256(chunk).hexdigest() != e.sha256:
-                        bad_files.append(f"{sid} {e.label}: bytes in {key} do not match its sha256")
-            else:
-                with tempfile.TemporaryDirectory(prefix="fractfs-verify-") as td:
-                    tmp = Path(td) / "obj"
-                    store.get_file(key, tmp)
-                    digest, size = hash_file(tmp)
-                    ok = digest == bid
-                if not ok:
-                    bad_blobs.append(key)
-                for sid, e in users:
-                    nfiles += 1
-                    nbytes += e.size
-                    if not ok or size != e.size:
-                        bad_files.append(f"{sid} {e.label}: object {key} does not match its sha256")
-        except StoreNotFound:
-            bad_blobs.append(key)
-            for sid, e in users:
-                assert isinstance(e, Entry)
-                bad_files.append(f"{sid} {e.label}: {key} is missing")
-        except StoreError as exc:
-            bad_blobs.append(key)
-            for sid, e in users:
-                assert isinstance(e, Entry)
-                bad_files.append(f"{sid} {e.label}: cannot read {key}: {exc}")
-        return bad_files, bad_blobs, nfiles, nbytes
+    Damage = list[tuple[str, str, str]]  # (snapshot id, file label, message)
 
+    def check_object(oid: str, users: list[tuple[str, Entry]]) -> tuple[Damage, list[str]]:
+        key = object_key(oid)
+        try:
+            with tempfile.TemporaryDirectory(prefix="fractfs-verify-") as td:
+                tmp = Path(td) / "obj"
+                store.get_file(key, tmp)
+                digest, size = hash_file(tmp)
+        except StoreNotFound:
+            return [(sid, e.label, f"{key} is missing") for sid, e in users], [key]
+        except StoreError as exc:
+            return [(sid, e.label, f"cannot read {key}: {exc}") for sid, e in users], [key]
+        bad_files = [(sid, e.label, f"object {key} does not match its sha256") for sid, e in users
+                     if digest != oid or size != e.size]
+        return bad_files, [key] if digest != oid else []
+
+    def check_pack(pid: str, users: list[tuple[str, Entry, ChunkRef]]) -> tuple[Damage, list[str]]:
+        key = pack_key(pid)
+        try:
+            data = memoryview(store.get(key))
+        except StoreNotFound:
+            return [(sid, e.label, f"{key} is missing") for sid, e, _c in users], [key]
+        except StoreError as exc:
+            return [(sid, e.label, f"cannot read {key}: {exc}") for sid, e, _c in users], [key]
+        damage, intact = pack_damage(pid, data)
+        bad_blobs = []
+        if damage is not None:
+            log.error("fractfs: verify: %s: %s", key, damage)
+            bad_blobs.append(key)
+        bad_files: Damage = []
+        known: dict[tuple[int, int, str], bool] = {}
+        for sid, e, c in users:
+            where = (c.offset, c.length, c.sha256)
+            ok = known.get(where)
+            if ok is None:
+                if where in intact:
+                    ok = True  # a member of a v2 pack, already hashed against the index
+                else:
+                    piece = data[c.offset:c.offset + c.length]
+                    ok = len(piece) == c.length and hashlib.sha256(piece).hexdigest() == c.sha256
+                known[where] = ok
+            if not ok:
+                what = f"chunk at bytes {c.offset}..{c.offset + c.length} of {key}" if e.chunks else f"bytes in {key}"
+                bad_files.append((sid, e.label, f"{what} do not match its sha256"))
+        return bad_files, bad_blobs
+
+    jobs: list[Callable[[], tuple[Damage, list[str]]]] = [
+        functools.partial(check_pack, pid, users) for pid, users in sorted(slices.items())]
+    jobs += [functools.partial(check_object, oid, users) for oid, users in sorted(objects.items())]
     with ThreadPoolExecutor(max_workers=max(1, transfers), thread_name_prefix="fractfs-verify") as pool:
-        results = list(pool.map(lambda kv: check(*kv), sorted(uses.items())))
-    for bad_files, bad_blobs, nfiles, nbytes in results:
-        res.damaged_files.extend(bad_files)
+        results = list(pool.map(lambda job: job(), jobs))
+    bad_files: dict[tuple[str, str], str] = {}  # one line per damaged file, whose chunks may lie in many packs
+    for damage, bad_blobs in results:
+        for sid, label, msg in damage:
+            bad_files.setdefault((sid, label), f"{sid} {label}: {msg}")
         res.bad_blobs.extend(bad_blobs)
-        res.files_checked += nfiles
-        res.bytes_checked += nbytes
+    res.damaged_files.extend(bad_files.values())
     res.damaged_files.sort()
-    res.bad_blobs.sort()
+    res.bad_blobs = sorted(set(res.bad_blobs))
     for msg in res.damaged_files:
         log.error("fractfs: verify: %s", msg)
     res.duration = time.monotonic() - t0
     return res
+
+
+def pack_damage(pid: str, data: bytes | memoryview) -> tuple[str | None, set[tuple[int, int, str]]]:
+    """Whether pack ``pid`` holds what its id says, of either format (docs/format.md): a v2 pack ends with a
+    trailer and an index whose SHA-256 is the id, and every member must hash to its index record; a v1
+    pack's bytes hash to the id. Returns (what is wrong or None, the (offset, length, sha256) of every
+    intact v2 member, so callers need not hash those slices again)."""
+    view = memoryview(data)
+    size = len(view)
+    members = None
+    if size >= pack2.TRAILER.size:
+        try:
+            index_len = pack2.read_trailer(bytes(view[size - pack2.TRAILER.size:]), size)
+            index = bytes(view[size - pack2.TRAILER.size - index_len:size - pack2.TRAILER.size])
+            members = pack2.parse_index(index, size, pid)
+        except pack2.PackError:
+            members = None  # not a v2 pack (or its index is damaged): it must then be an intact v1 pack
+    if members is None:
+        if hashlib.sha256(view).hexdigest() == pid:
+            return None, set()
+        return ("damaged: its bytes do not hash to its name (v1) and it has no index that does (v2)"), set()
+    intact: set[tuple[int, int, str]] = set()
+    bad = 0
+    for mem in members:
+        if hashlib.sha256(view[mem.offset:mem.offset + mem.length]).digest() == mem.sha256:
+            intact.add((mem.offset, mem.length, mem.sha256.hex()))
+        else:
+            bad += 1
+    if bad:
+        return f"damaged: {bad} of its {len(members)} members do not match the pack's index", intact
+    return None, intact
 
 
 def blob_total(store: Store, snapshot_ids: list[str] | None) -> int:
@@ -293,5 +338,21 @@ def blob_total(store: Store, snapshot_ids: list[str] | None) -> int:
             m = catalog.load(store, name)
         except CorruptCheckpointError:
             continue
-        wanted.update(e.pack or e.object for e in m.entries if e.pack or e.object)
+        wanted.update(blob_ids(m))
     return sum(sizes.get(b, 0) for b in wanted)
+
+
+def blob_ids(m: Manifest) -> set[str]:
+    """Ids of the packs and objects a snapshot's valid entries use, of either format version: v1 objects,
+    the pack of each one-slice file, and the packs of every chunk of a chunked (v2) file."""
+    out: set[str] = set()
+    for e in m.entries:
+        if e.type != FILE:
+            continue
+        if e.object:
+            out.add(e.object)
+        elif e.chunks:
+            out.update(c.pack for c in e.chunks)
+        elif e.pack:
+            out.add(e.pack)
+    return out

@@ -1,4 +1,4 @@
-"""Format v2 manifests (docs/format-v2-draft.md §4): gzip JSON whose entries are stored as columns.
+"""Format v2 manifests (docs/format.md §A4): gzip JSON whose entries are stored as columns.
 
 v1 stores one JSON object per entry, and decoding it costs ~30 us per entry (a dict per entry, then a dict
 lookup per field). v2 stores each field as one list (a column) and each file's content as a run of chunk refs

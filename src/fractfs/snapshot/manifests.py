@@ -83,10 +83,16 @@ def _from_v2(name: SnapName, m2: manifest2.Manifest2) -> Manifest:
                     version=manifest2.VERSION, name=name)
 
 
+def expressible(e: Entry) -> bool:
+    """Whether a v2 manifest can describe ``e``: not a file in a v1 object, nor in a v1 pack slice longer than a
+    chunk may be (docs/format.md). Such a file must be chunked first."""
+    return e.type != FILE or (not e.object and (not e.pack or e.size <= manifest2.MAX_CHUNK))
+
+
 def _to_v2(e: Entry) -> manifest2.Entry2:
     if e.type == FILE:
         refs = e.refs()
-        if e.object or any(c.length > manifest2.MAX_CHUNK for c in refs):
+        if not expressible(e) or any(c.length > manifest2.MAX_CHUNK for c in refs):
             # a v1 object, or a v1 pack slice longer than a chunk: v2 cannot point at it (docs/format.md)
             raise ValueError(f"{e.label}: stored in a v1 form v2 cannot reference; it must be chunked first")
         return manifest2.Entry2(e.area, e.path, manifest2.FILE, e.mode, e.size, e.mtime_ns, None, e.sqlite, refs)

@@ -1,4 +1,4 @@
-"""Format v2 packs (docs/format-v2-draft.md §3): members, then an index, then a trailer; id = SHA-256(index).
+"""Format v2 packs (docs/format.md §A3): members, then an index, then a trailer; id = SHA-256(index).
 
 A v1 pack id is the SHA-256 of the whole pack, which costs a second pass over every byte already hashed per
 file. A v2 pack ends with the list of its members' (SHA-256, length), and its id is the SHA-256 of that list:
@@ -18,7 +18,11 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Union
+
+#: What a member's bytes may be given as: a view into a buffer the caller keeps alive until the pack is stored
+#: saves a copy of every chunk of a file already in memory.
+Bytes = Union[bytes, bytearray, memoryview]
 
 MAGIC = b"FRACTPK2"
 TRAILER = struct.Struct("<8sQQQ")
@@ -49,12 +53,12 @@ class PackWriter:
     (the chunker computed it while reading), so sealing never re-reads member bytes."""
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = []
+        self._parts: list[Bytes] = []
         self._members: list[tuple[bytes, int]] = []
         self._where: dict[bytes, int] = {}
         self.size = 0
 
-    def add(self, digest: bytes, data: bytes) -> int:
+    def add(self, digest: bytes, data: Bytes) -> int:
         """Append a member (once per digest) and return its offset in the pack."""
         at = self._where.get(digest)
         if at is not None:
@@ -69,7 +73,7 @@ class PackWriter:
     def __len__(self) -> int:
         return len(self._members)
 
-    def seal(self) -> tuple[str, list[bytes]]:
+    def seal(self) -> tuple[str, list[Bytes]]:
         """The pack id and its bytes as parts (members..., index + trailer), ready for a streaming upload."""
         tail, pack_id = build_index(self._members)
         return pack_id, [*self._parts, tail]

@@ -1,175 +1,192 @@
-"""Putting captured files on the store: small ones into packs, large ones streamed as their own object.
+"""Putting file content on the store as format v2 chunks in packs (docs/format.md §A3).
 
-Identical content is stored once per checkpoint (:meth:`Packer.place` returns the location already chosen for
-the same sha256). Packs are joined, hashed and written on the upload pool; a large file is streamed straight
-from its path (or from the SQLite copy) and reports whether its source provably did not change meanwhile.
+Content arrives as chunks that already carry their SHA-256 (:mod:`.capture` cut and hashed them while reading
+the file, each byte once). :meth:`Packer.put` places one chunk: a chunk the snapshot being extended already
+stores (:class:`Known`) or one this checkpoint already placed is only referenced; a new one is appended to the
+pack being filled. A pack is sealed at ``pack_size``, its id taken from its index (40 bytes per member, never
+a second pass over its bytes), and uploaded on the upload pool while reading goes on. Reading waits while
+:func:`inflight_bound` bytes of sealed packs are waiting for the store (two packs per transfer, at most
+:data:`.xfer.MAX_INFLIGHT_BYTES`), so a file of any size is never held in memory.
 
-Every upload has its own future (:meth:`NewLoc.upload`): the engine decides per file what made it to the
-store. Under a cutoff (the bounded final checkpoint) the work comes in bounded pieces, so what is finished
-when time runs out is really finished: packs are sealed at :data:`DEADLINE_PACK` bytes, and large objects are
-streamed one at a time in the order they were placed (the engine places the most recently modified first).
+A file is committed only when every pack holding one of its new chunks was stored (:meth:`Packer.outcome`):
+a pack the store refused (:class:`~fractfs.errors.ObjectRejected`) leaves every file with a chunk in it out,
+and under a cutoff (the bounded final checkpoint) so does a pack still uploading. Packs are sealed at
+:data:`DEADLINE_PACK` bytes then, so that what finished before the cutoff is really finished.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, NamedTuple, Union
 
-from ..localfile import unlink_if_present
+from ..errors import ObjectRejected
 from ..stores.base import Store
-from .capture import MiB, Captured
-from .format import object_key, pack_key
-from .statcache import stat_facts
-from .xfer import Uploader, check_stored, store_blob
+from .chunker import MIB
+from .format import FILE, ChunkRef, Entry, pack_key
+from .manifest2 import MAX_CHUNK
+from .pack2 import RECORD, TRAILER, Bytes, PackWriter
+from .xfer import MAX_INFLIGHT_BYTES, Uploader, store_parts
 
 log = logging.getLogger("fractfs")
 
+#: Pack size under a cutoff: small enough that packs keep landing while the final checkpoint runs.
+DEADLINE_PACK = 4 * MIB
+
+
+def inflight_bound(transfers: int, pack_size: int) -> int:
+    """Bytes of sealed packs that may wait for the store before reading pauses: enough for every transfer to
+    have one pack uploading and one ready, never more than MAX_INFLIGHT_BYTES."""
+    return min(MAX_INFLIGHT_BYTES, max(4, 2 * transfers) * pack_size)
+
 
 class Pack:
-    """A pack being filled. Its id (the sha256 of its bytes) is known once sealed."""
+    """A pack of this checkpoint: filled, then sealed (its id known) and uploaded (``future``)."""
 
     def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.size = 0
+        self.writer: PackWriter | None = PackWriter()
         self.id = ""
-        #: the upload, once sealed
         self.future: Future[Any] | None = None
 
-    def add(self, data: bytes) -> int:
-        off = self.size
-        self.parts.append(data)
-        self.size += len(data)
-        return off
 
-    def store(self, store: Store) -> None:
-        data = b"".join(self.parts)
-        self.parts = []
-        self.id = hashlib.sha256(data).hexdigest()
-        store_blob(store, pack_key(self.id), data)
+class Slot(NamedTuple):
+    """One chunk of a file: in a pack of this checkpoint, or in a stored pack (``where`` is then its id)."""
 
+    where: Union[Pack, str]
+    offset: int
+    length: int
+    sha256: str
 
-@dataclass
-class NewLoc:
-    """Where this checkpoint put (or is putting) one content."""
-
-    pack: Pack | None = None
-    offset: int = 0
-    object: str = ""
-    #: For streamed large files: resolves to True when the upload finished and the source was unchanged.
-    future: Future[bool] | None = None
-
-    def upload(self) -> Future[Any] | None:
-        """The upload this location depends on (the pack's, or the object's stream)."""
-        return self.pack.future if self.pack is not None else self.future
+    def ref(self) -> ChunkRef:
+        """The chunk as a manifest records it (for a pack of this checkpoint: once sealed)."""
+        w = self.where
+        return ChunkRef(w if isinstance(w, str) else w.id, self.offset, self.length, self.sha256)
 
 
-#: Pack size under a cutoff: small enough that packs keep landing while the final checkpoint runs.
-DEADLINE_PACK = 4 * MiB
+class Known:
+    """The chunks a checkpoint may reference without uploading: those the snapshot it extends stores, by
+    SHA-256 (the same set as :func:`.manifests.chunk_index`). A file stored as one slice is found through the
+    base's per-file index (``dedup``, by the file's SHA-256, which is its chunk's), so only files of several
+    chunks need an index of their own: a base of a million small files costs no second million-entry dict."""
+
+    def __init__(self, entries: Iterable[Entry], dedup: Mapping[str, Entry]) -> None:
+        self.dedup = dedup
+        self.chunks: dict[str, ChunkRef] = {}
+        for e in entries:
+            if e.chunks:
+                for c in e.chunks:
+                    self.chunks.setdefault(c.sha256, c)
+
+    def get(self, sha: str) -> ChunkRef | None:
+        c = self.chunks.get(sha)
+        if c is not None:
+            return c
+        e = self.dedup.get(sha)
+        # a v1 object, or a v1 slice longer than a chunk, cannot be pointed at by v2 (docs/format.md §A5)
+        if e is not None and e.type == FILE and e.pack and not e.chunks and 0 < e.size <= MAX_CHUNK:
+            return ChunkRef(e.pack, e.offset, e.size, sha)
+        return None
+
+
+#: Outcomes of :meth:`Packer.outcome`.
+STORED, MISSED, REJECTED = "stored", "missed", "rejected"
 
 
 class Packer:
-    """One checkpoint's uploads: packs filled in the checkpoint loop's order, large files streamed."""
+    """One checkpoint's chunks: each new one into a pack once, in the order they come."""
 
-    def __init__(self, store: Store, transfers: int, pack_size: int, until: float | None = None):
+    def __init__(self, store: Store, transfers: int, pack_size: int, known: Known | None = None,
+                 until: float | None = None):
         self.store = store
-        self.up = Uploader(store, transfers, until=until, large_lanes=None if until is None else 1)
         self.pack_size = max(pack_size if until is None else min(pack_size, DEADLINE_PACK), 1)
+        self.up = Uploader(store, transfers, until=until, max_inflight=inflight_bound(transfers, self.pack_size))
+        #: the store's largest object (a Files API request, lowered in tests): packs stay under it, so only a
+        #: chunk that is larger by itself is refused, not the small files that would share its pack
+        limit = getattr(store, "max_object_size", None)
+        self.max_object = limit if isinstance(limit, int) and limit > 0 else None
+        self.known = known
         self.pack = Pack()
-        self.pending: dict[str, NewLoc] = {}  # sha256 -> where this run put it
-        self.uploaded = 0  # bytes handed to the store so far (packs and objects)
+        self.placed: dict[str, Slot] = {}  # sha256 -> where this checkpoint put it
+        self.uploaded = 0  # bytes handed to the store so far
+        self.new_chunks = 0
 
-    def place(self, cap: Captured) -> NewLoc:
-        """Queue ``cap``'s content for the store (once per content) and say where it will be."""
-        loc = self.pending.get(cap.sha)
-        if loc is not None:
-            if cap.temp and cap.upload_path:
-                unlink_if_present(cap.upload_path)
-            return loc
-        if cap.data is not None:
-            loc = NewLoc(pack=self.pack, offset=self.pack.add(cap.data))
-            if self.pack.size >= self.pack_size:
-                self.seal()
+    def has(self, digest: bytes) -> bool:
+        """Whether a chunk with this digest is already placed or stored (:meth:`put` would not add it)."""
+        sha = digest.hex()
+        return sha in self.placed or (self.known is not None and self.known.get(sha) is not None)
+
+    def put(self, digest: bytes, data: Bytes, copy: bool = False) -> Slot:
+        """Place one chunk (``data``, whose SHA-256 is ``digest``) and say where it is. ``copy``: ``data`` is a
+        view into a buffer that will be reused (the streaming chunker's), so a new chunk's bytes are copied;
+        otherwise the pack keeps the view until it is stored."""
+        sha = digest.hex()
+        slot = self.placed.get(sha)
+        if slot is not None:
+            return slot
+        ref = self.known.get(sha) if self.known is not None else None
+        if ref is not None:
+            slot = Slot(ref.pack, ref.offset, ref.length, sha)
         else:
-            assert cap.upload_path is not None
-            fut: Future[bool] = self.up.submit(streamer(self.store, object_key(cap.sha), cap), cap.size,
-                                               large=True)
-            loc = NewLoc(object=cap.sha, future=fut)
-            self.uploaded += cap.size
-        self.pending[cap.sha] = loc
-        return loc
+            if self.max_object is not None and self._over_limit(len(data)):
+                self.seal()
+            pack = self.pack
+            assert pack.writer is not None
+            slot = Slot(pack, pack.writer.add(digest, bytes(data) if copy else data), len(data), sha)
+            self.new_chunks += 1
+            if pack.writer.size >= self.pack_size:
+                self.seal()
+        self.placed[sha] = slot
+        return slot
+
+    def _over_limit(self, n: int) -> bool:
+        """Whether a member of ``n`` bytes would take the current (non-empty) pack over the store's limit."""
+        w = self.pack.writer
+        assert w is not None and self.max_object is not None
+        return bool(len(w)) and w.size + n + (len(w) + 1) * RECORD.size + TRAILER.size > self.max_object
+
+    def put_copy(self, digest: bytes, data: Bytes) -> Slot:
+        """:meth:`put` of a chunk whose buffer the caller reuses (the streaming chunker's)."""
+        return self.put(digest, data, copy=True)
 
     def seal(self) -> None:
-        """Send the current pack (if any) and start a new one."""
-        if not self.pack.parts:
+        """Send the current pack (if it has members) and start a new one."""
+        pack = self.pack
+        writer = pack.writer
+        if writer is None or not len(writer):
             return
-        sealed, self.pack = self.pack, Pack()
-        self.uploaded += sealed.size
-        # joined, hashed and stored on the upload pool: on a big checkpoint, hashing every pack a second
-        # time in this thread kept the readers waiting for a third of the run. Its id is read after finish().
-        sealed.future = self.up.submit(lambda: sealed.store(self.store), sealed.size)
+        self.pack, pack.writer = Pack(), None
+        pack.id, parts = writer.seal()
+        size = sum(len(p) for p in parts)
+        self.uploaded += size
+        store, key = self.store, pack_key(pack.id)
+        # written on the upload pool while the reading thread goes on (as parts: see store_parts)
+        pack.future = self.up.submit(lambda: store_parts(store, key, parts), size)
 
     def finish(self) -> None:
         """Seal the last pack and wait for every upload (under a cutoff: until then); raises the first failure
-        that concerns the store rather than one object (see :class:`~.xfer.Uploader`)."""
+        that concerns the store rather than one pack (see :class:`~.xfer.Uploader`)."""
         self.seal()
         self.up.wait()
 
     def close(self, *, wait: bool = True) -> None:
         self.up.close(wait=wait)
 
-
-def streamer(store: Store, key: str, cap: Captured) -> Callable[[], bool]:
-    """Upload a large file straight from its path; True if the source provably did not change meanwhile."""
-    path = cap.upload_path
-    assert path is not None
-
-    def run() -> bool:
-        try:
-            # a complete copy may be referenced by snapshots we do not know of: never rewrite it (see
-            # xfer.store_blob); a shorter one is the leftover of an interrupted write and is replaced
-            present = store.size(key) == cap.size
-            if cap.temp:
-                if not present:
-                    store.put_file(key, Path(path))
-                    check_stored(store, key, cap.size)
-                return True
-            before = cap.facts
-            try:
-                if not present:
-                    store.put_file(key, Path(path))
-            except Exception:
-                # a source that changed or vanished under the upload is busy, not a store failure
-                try:
-                    if before is None or stat_facts(os.lstat(path)) != before:
-                        return False
-                except OSError:
-                    return False
-                raise
-            try:
-                unchanged = before is not None and stat_facts(os.lstat(path)) == before
-            except OSError:
-                unchanged = False
-            if not present:
-                if unchanged:
-                    check_stored(store, key, cap.size)
-                else:
-                    _drop(store, key)
-            return unchanged
-        finally:
-            if cap.temp:
-                unlink_if_present(path)
-
-    return run
-
-
-def _drop(store: Store, key: str) -> None:
-    """Remove an object streamed from a source that changed under the upload: its bytes may not be the content
-    its name promises, and a later checkpoint finding a complete-looking copy would reference it unread."""
-    try:
-        store.delete(key)
-    except Exception as exc:  # noqa: BLE001 - left for prune; a later upload of this content replaces it
-        log.debug("fractfs: could not remove %s after its source changed: %s", key, exc)
+    @staticmethod
+    def outcome(slots: Iterable[Slot]) -> tuple[str, str]:
+        """Whether a file whose chunks are ``slots`` is on the store, after :meth:`finish`: (STORED, ""),
+        (MISSED, "") when a pack of it had not finished by the cutoff, or (REJECTED, the store's reason)."""
+        seen: set[int] = set()
+        for s in slots:
+            pack = s.where
+            if isinstance(pack, str) or id(pack) in seen:
+                continue
+            seen.add(id(pack))
+            fut = pack.future
+            if fut is None or not fut.done() or fut.cancelled():
+                return MISSED, ""
+            exc = fut.exception()
+            if isinstance(exc, ObjectRejected):
+                return REJECTED, str(exc)
+            if exc is not None:
+                raise exc  # Packer.finish raises these first; kept for safety
+        return STORED, ""

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from ..localfile import create_private, hash_file, unlink_if_present
+from ..localfile import create_private, unlink_if_present
 from ..errors import RestoreError, StoreError, StoreNotFound
 from ..stores.base import Store
-from . import catalog, gcpause, statcache, unrestored
-from .format import DIR, SQLITE_SIDECARS, SYMLINK, Entry, Manifest, object_key, pack_key, valid_area
+from . import catalog, chunked, gcpause, statcache, unrestored
+from .format import DIR, SQLITE_SIDECARS, SYMLINK, ChunkRef, Entry, Manifest, object_key, pack_key, valid_area
 from .scan import TMP_PREFIX, Want
 
 log = logging.getLogger("fractfs")
@@ -110,6 +110,22 @@ def _passed_second_read(label: str) -> None:
                 "transit, not on the store)", label)
 
 
+class _ChunkedFile:
+    """A chunked file being restored: its runs write into ``path`` (a private temp file beside ``dest``, or
+    its own name inside a directory tree the restore built) from several threads; ``pending`` counts the runs
+    not finished yet."""
+
+    def __init__(self, e: Entry, dest: str, path: str, in_place: bool, runs: int):
+        self.e = e
+        self.dest = dest
+        self.path = path
+        self.in_place = in_place
+        self.pending = runs
+        self.fd = -1
+        self.failed = False
+        self.lock = threading.Lock()
+
+
 class _Writer:
     """Places verified bytes on disk, in two phases shared by the worker threads.
 
@@ -148,6 +164,8 @@ class _Writer:
         # (None: umask unknown, always fchmod).
         self.umask = _current_umask()
         self.noreplace_ok = True
+        #: chunked files being written (removed when staged or discarded)
+        self.chunked: set[_ChunkedFile] = set()
 
     def _fail(self, e: Entry, msg: str) -> None:
         log.error("fractfs: restore: %s: %s", e.label, msg)
@@ -170,7 +188,7 @@ class _Writer:
             return False
         if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
             return False
-        return hash_file(dest)[0] == e.sha256
+        return chunked.holds(dest, e)
 
     def _tmp_for(self, dest: str) -> str:
         # one random id per restore plus a counter: no entropy syscall per file
@@ -398,12 +416,178 @@ class _Writer:
         else:
             self._stage(tmp, dest, e)
 
+    # -- files stored as chunks (format v2) -------------------------------------------------------------
+    def start_chunked(self, e: Entry, dest: str, spawn: Callable[[Callable[[], None]], None]) -> None:
+        """First task of a chunked file: decide where its bytes go, then hand each run of chunks to the pool
+        (:meth:`write_chunk_run`). The file is created by the first run that has verified bytes to write."""
+        if self.abort.is_set():
+            return
+        parent = os.path.dirname(dest)
+        in_place = parent in self.plan.fresh
+        try:
+            if not in_place and self.overwrite and self._same_as_local(dest, e):
+                self._skip(e)
+                return
+        except OSError as exc:
+            log.debug("fractfs: restore: %s: cannot compare with the local file (%s); restoring it", e.label, exc)
+        why = chunked.bad_ref(e)
+        if why is not None:
+            self._fail(e, why)
+            return
+        # in a directory the restore made (invisible until placed) the file is written under its own name;
+        # elsewhere into a private temp file beside it, renamed into place by place_all() once whole
+        path = os.path.join(self.plan.cur[parent], os.path.basename(dest)) if in_place else self._tmp_for(dest)
+        runs = chunked.plan_runs(e.chunks)
+        cf = _ChunkedFile(e, dest, path, in_place, len(runs))
+        with self.lock:
+            self.chunked.add(cf)
+        for run in runs:
+            spawn(lambda run=run: self.write_chunk_run(cf, run))  # type: ignore[misc]
+
+    def write_chunk_run(self, cf: _ChunkedFile, run: chunked.Run) -> None:
+        """Fetch one run, verify each of its chunks and write it at its offset in ``cf``'s file; the last run
+        of the file to finish closes it and stages it (or removes it, if any run failed)."""
+        try:
+            if self.abort.is_set() or cf.failed:
+                return
+            self._fetch_run(cf, run)
+        except BaseException:
+            cf.failed = True
+            raise
+        finally:
+            with cf.lock:
+                cf.pending -= 1
+                last = cf.pending == 0
+            if last:
+                self._finish_chunked(cf)
+
+    def _fetch_run(self, cf: _ChunkedFile, run: chunked.Run) -> None:
+        key = pack_key(run.pack)
+        try:
+            buf = memoryview(self.store.get_range(key, run.start, run.length))
+        except StoreNotFound as exc:
+            self._fail_chunked(cf, f"cannot fetch pack {key}: {exc}; not restored")
+            return
+        # any other StoreError propagates: unreachable is not damage (see write_object)
+        sha256 = hashlib.sha256
+        for at, k, c in run.pieces:
+            if cf.failed or self.abort.is_set():
+                return
+            lo = c.offset - run.start
+            data: bytes | memoryview | None = buf[lo:lo + c.length]
+            assert data is not None
+            if len(data) != c.length or sha256(data).hexdigest() != c.sha256:
+                data = self._refetch_chunk(cf, k, c)
+                if data is None:
+                    return
+            self._pwrite(cf, data, at)
+        if cf.fd >= 0:
+            first, last = run.pieces[0], run.pieces[-1]
+            _start_writeback(cf.fd, first.file_offset, last.file_offset + last.ref.length - first.file_offset)
+
+    def _refetch_chunk(self, cf: _ChunkedFile, k: int, c: ChunkRef) -> bytes | None:
+        """A chunk's bytes from a second read after a mismatch (see _refetch), else None (failure recorded)."""
+        key = pack_key(c.pack)
+        try:
+            data = self.store.get_range(key, c.offset, c.length)
+        except StoreNotFound as exc:
+            self._fail_chunked(cf, f"cannot fetch pack {key}: {exc}; not restored")
+            return None
+        where = f"chunk {k + 1} of {len(cf.e.chunks)} (bytes {c.offset}..{c.offset + c.length} of {key})"
+        if len(data) != c.length:
+            self._fail_chunked(cf, f"{where} is not there: the pack holds {c.offset + len(data)} bytes or less "
+                                   "(truncated, or the snapshot is damaged); not restored")
+            return None
+        if hashlib.sha256(data).hexdigest() != c.sha256:
+            self._fail_chunked(cf, f"{where} fails sha256 verification (damaged or tampered); not restored")
+            return None
+        _passed_second_read(f"{cf.e.label} {where}")
+        return data
+
+    def _fail_chunked(self, cf: _ChunkedFile, msg: str) -> None:
+        with cf.lock:
+            first = not cf.failed
+            cf.failed = True
+        if first:  # one message per file, whichever run found the damage first
+            self._fail(cf.e, msg)
+
+    def _pwrite(self, cf: _ChunkedFile, data: bytes | memoryview, at: int) -> None:
+        try:
+            with cf.lock:
+                if cf.fd < 0:
+                    if cf.failed:
+                        return
+                    cf.fd = os.open(cf.path, _NEW_FILE, 0o600)  # private until it is whole and verified
+                fd = cf.fd
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(fd, view, at)
+                view = view[n:]
+                at += n
+        except OSError as exc:
+            if _disk_full(exc):
+                cf.failed = True
+                raise _DiskFull(cf.dest, exc) from exc
+            self._fail_chunked(cf, f"cannot write {cf.dest}: {exc.strerror or exc}")
+
+    def _finish_chunked(self, cf: _ChunkedFile) -> None:
+        """After the file's last run: set its mode and mtime and stage it, or remove what was written."""
+        e = cf.e
+        ok = not cf.failed and not self.abort.is_set() and cf.fd >= 0
+        st = None
+        try:
+            if ok:
+                os.fchmod(cf.fd, e.mode & FILE_MODE_MASK)
+                os.utime(cf.fd, ns=(e.mtime_ns, e.mtime_ns))
+                st = os.fstat(cf.fd)
+        except OSError as exc:
+            ok = False
+            if _disk_full(exc):
+                self._discard_chunked(cf)
+                raise _DiskFull(cf.dest, exc) from exc
+            self._fail_chunked(cf, f"cannot write {cf.dest}: {exc.strerror or exc}")
+        if not ok:
+            self._discard_chunked(cf)
+            return
+        fd, cf.fd = cf.fd, -1
+        try:
+            os.close(fd)
+        except OSError as exc:  # a network filesystem may report a failed write only here
+            self._discard_chunked(cf)
+            if _disk_full(exc):
+                raise _DiskFull(cf.dest, exc) from exc
+            self._fail_chunked(cf, f"cannot write {cf.dest}: {exc.strerror or exc}")
+            return
+        with self.lock:
+            self.chunked.discard(cf)
+        if cf.in_place:
+            assert st is not None
+            self._record_direct([(e, cf.dest, st)])
+        else:
+            self._stage(cf.path, cf.dest, e)
+
+    def _discard_chunked(self, cf: _ChunkedFile) -> None:
+        """Close and remove what was written of a chunked file (nothing of it is left under any name)."""
+        with cf.lock:
+            fd, cf.fd = cf.fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        unlink_if_present(cf.path)
+        with self.lock:
+            self.chunked.discard(cf)
+
     def discard_staged(self) -> None:
         """Abort: remove every temp file and every directory tree the restore built; nothing was placed yet."""
         with self.lock:
             staged, self.staged = self.staged, []
+            unfinished = list(self.chunked)
         for tmp, _dest, _e in staged:
             unlink_if_present(tmp)
+        for cf in unfinished:  # chunked files whose runs were cancelled
+            self._discard_chunked(cf)
         self.plan.discard_trees()
 
     def place_all(self, roots: list[str], transfers: int) -> None:
@@ -645,6 +829,28 @@ def _current_umask() -> int | None:
 
 
 _SYNCFS: list[Callable[[int], int] | None] = []
+_SYNC_FILE_RANGE: list[Callable[..., int] | None] = []
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``length`` bytes at ``offset`` of ``fd`` to disk, without waiting
+    (sync_file_range(2), SYNC_FILE_RANGE_WRITE). The flush before the rename (syncfs) still makes them durable;
+    this only lets the disk work while the rest of a large file is being fetched, so that flush finds
+    little left to do. A no-op where the call does not exist."""
+    if not _SYNC_FILE_RANGE:
+        fn: Callable[..., int] | None = None
+        try:
+            fn = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                fn.restype = ctypes.c_int
+        except (OSError, AttributeError):  # pragma: no cover - non-Linux
+            fn = None
+        _SYNC_FILE_RANGE.append(fn)
+    fn = _SYNC_FILE_RANGE[0]
+    if fn is not None:
+        fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # failure only means the final flush does the work
 
 
 def _syncfs() -> Callable[[int], int] | None:
@@ -1043,16 +1249,36 @@ class _Planner:
 
 
 class _Tasks:
-    """A thread pool whose tasks may add more tasks (a fetched pack fans out into write batches)."""
+    """A thread pool whose tasks may add more tasks (a fetched pack fans out into write batches), plus a
+    small pool of its own for the runs of chunked files (made when the first one is spawned).
 
-    def __init__(self, workers: int):
+    Runs get their own few threads so that what they hold is bounded by those threads, not by the main
+    pool: at most ``run_workers`` runs in flight, and malloc keeps freed run buffers per thread (arena), so
+    sixteen threads taking turns at 16 MiB runs kept several hundred MiB resident where four keep ~100.
+    """
+
+    def __init__(self, workers: int, run_workers: int = 1):
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fractfs-restore")
+        self.run_workers = run_workers
+        self.run_pool: ThreadPoolExecutor | None = None
         self.futures: list[Future[Any]] = []
         self.lock = threading.Lock()
 
     def spawn(self, fn: Callable[[], None]) -> None:
         with self.lock:
             self.futures.append(self.pool.submit(fn))
+
+    def spawn_run(self, fn: Callable[[], None]) -> None:
+        """A run of a chunked file (see the class docstring)."""
+        with self.lock:
+            if self.run_pool is None:
+                self.run_pool = ThreadPoolExecutor(max_workers=self.run_workers, thread_name_prefix="fractfs-runs")
+            self.futures.append(self.run_pool.submit(fn))
+
+    def _shutdown(self, *, wait: bool, cancel: bool = False) -> None:
+        for pool in (self.pool, self.run_pool):
+            if pool is not None:
+                pool.shutdown(wait=wait, cancel_futures=cancel)
 
     def run(self, w: _Writer) -> None:
         """Wait for every task, including those spawned meanwhile; the first failure cancels the rest."""
@@ -1076,7 +1302,7 @@ class _Tasks:
                 raise exc
         except BaseException:
             w.abort.set()
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self._shutdown(wait=False, cancel=True)
             with self.lock:
                 pending = list(self.futures)
             # Writers that are running clean up their own temp files: wait for them. Not for the ones the
@@ -1084,18 +1310,22 @@ class _Tasks:
             wait([f for f in pending if not f.cancel()])
             raise
         finally:
-            self.pool.shutdown(wait=True)
+            self._shutdown(wait=True)
 
 
 #: Empty files written per task.
 _EMPTY_RUN = 1024
+#: Bytes that runs of chunked files may hold at once (each run is at most chunked.RUN_MAX, one per thread of
+#: the run pool, see _Tasks): a 1 GiB file is never in memory, whatever ``transfers`` is.
+_CHUNK_BYTES_IN_FLIGHT = 64 << 20
 #: Runs of a pack written per task at most (files): a big pack's files are spread over the pool's threads,
 #: but in runs long enough that handing work to a thread costs little next to writing it.
 _WRITE_RUN = 512
 
 
 def _fetch_and_write(store: Store, files: list[tuple[Entry, str]], w: _Writer, transfers: int) -> None:
-    """Fetch every file's bytes (packs whole or in ranged runs, objects one by one) and write them.
+    """Fetch every file's bytes (packs whole or in ranged runs, chunked files run by run, objects one by one)
+    and write them.
 
     The thread that fetched a pack writes its first run of files itself and hands the others to the pool
     (no hand-off per file). Writing is Python time per file (hash, five system calls), which the GIL
@@ -1105,9 +1335,12 @@ def _fetch_and_write(store: Store, files: list[tuple[Entry, str]], w: _Writer, t
     """
     by_pack: dict[str, list[tuple[Entry, str]]] = {}
     empty: list[tuple[Entry, str]] = []
-    tasks = _Tasks(transfers)
+    tasks = _Tasks(transfers, max(1, min(transfers, _CHUNK_BYTES_IN_FLIGHT // chunked.RUN_MAX)))
     for e, dest in files:
-        if e.pack:
+        if e.chunks:
+            # first: a big file's runs then queue behind the small files' packs and overlap with them
+            tasks.spawn(lambda e=e, dest=dest: w.start_chunked(e, dest, tasks.spawn_run))  # type: ignore[misc]
+        elif e.pack:
             by_pack.setdefault(e.pack, []).append((e, dest))
         elif e.object:
             tasks.spawn(lambda e=e, dest=dest: w.write_object(store, dest, e))  # type: ignore[misc]

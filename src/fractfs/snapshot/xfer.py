@@ -12,7 +12,7 @@ from concurrent.futures import wait as wait_futures
 from typing import Any, Callable, cast
 
 from ..errors import AlreadyExists, ObjectRejected, StoreError
-from ..stores.base import BatchStore, Store
+from ..stores.base import BatchStore, Parts, Store, put_parts
 from ..stores.transfer import parallel_map
 
 #: Upper bound of pack bytes held in memory waiting for upload, so a big first checkpoint on a 2-vCPU / 8 GB
@@ -68,6 +68,19 @@ def store_blob(store: Store, key: str, data: bytes) -> None:
     check_stored(store, key, len(data))
 
 
+def store_parts(store: Store, key: str, parts: Parts) -> None:
+    """:func:`store_blob` of the blob whose bytes are ``parts`` one after the other (not joined in memory
+    where the store writes parts itself, see :func:`~fractfs.stores.base.put_parts`)."""
+    size = sum(len(p) for p in parts)
+    try:
+        put_parts(store, key, parts, exclusive=True)
+    except AlreadyExists:
+        if store.size(key) == size:
+            return
+        put_parts(store, key, parts)
+    check_stored(store, key, size)
+
+
 class Uploader:
     """Background uploads with bounded memory; ``wait()`` raises the first failure that concerns the store.
 
@@ -82,8 +95,10 @@ class Uploader:
     """
 
     def __init__(self, store: Store, transfers: int, *, until: float | None = None,
-                 large_lanes: int | None = None):
+                 large_lanes: int | None = None, max_inflight: int = MAX_INFLIGHT_BYTES):
         self.store = store
+        #: bytes queued or uploading before submitting more waits (the caller's memory bound)
+        self.max_inflight = max_inflight
         self.transfers = max(1, transfers)
         self.until = until
         self.pool = ThreadPoolExecutor(max_workers=self.transfers, thread_name_prefix="fractfs-put")
@@ -111,7 +126,7 @@ class Uploader:
 
     def _reserve(self, n: int) -> None:
         with self._cv:
-            while self._inflight > 0 and self._inflight + n > MAX_INFLIGHT_BYTES and self.failed is None:
+            while self._inflight > 0 and self._inflight + n > self.max_inflight and self.failed is None:
                 if self.until is not None:
                     left = self.until - time.monotonic()
                     if left <= 0:
@@ -151,7 +166,7 @@ class Uploader:
         if self.batched:
             self.batch.append((key, data))
             self.batch_bytes += len(data)
-            if len(self.batch) >= self.transfers or self.batch_bytes >= MAX_INFLIGHT_BYTES // 2:
+            if len(self.batch) >= self.transfers or self.batch_bytes >= self.max_inflight // 2:
                 self._flush()
             return
         self.futures.append(self.pool.submit(self._run, lambda: store_blob(self.store, key, data), len(data)))

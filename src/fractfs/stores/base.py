@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
 
 #: Suffix of in-flight files a backend writes before moving them into place (PosixStore). Keys may not
 #: end like this, and listings never show such names, so a crash mid-write leaves nothing a reader sees.
@@ -48,6 +48,42 @@ class Store(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
+
+
+#: A store's bytes given as parts, written one after the other (see :func:`put_parts`).
+Parts = Sequence["bytes | bytearray | memoryview"]
+
+
+def put_parts(store: Store, key: str, parts: Parts, *, exclusive: bool = False) -> None:
+    """``store.put(key, b"".join(parts))``, without the join when the store's class writes parts itself
+    (``put_parts``, e.g. :class:`~fractfs.stores.posix.PosixStore` with ``writev``): a pack of many chunks
+    then costs no copy in memory, and no thread holds the GIL for one.
+
+    Only a ``put_parts`` marked as writing like the ``put`` the store's class has now (:func:`writes_like`)
+    counts: a wrapper that forwards unknown attributes to the store it wraps, a subclass that overrides
+    ``put``, or a ``put`` replaced on the class (fault injection, counting, slowing down in tests) must see
+    every write through its ``put``, not be bypassed."""
+    cls = type(store)
+    fn = _class_attr(cls, "put_parts")
+    if fn is not None and getattr(fn, "_writes_like", None) is _class_attr(cls, "put"):
+        fn(store, key, parts, exclusive=exclusive)
+    else:
+        store.put(key, b"".join(parts), exclusive=exclusive)
+
+
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+def writes_like(put: Callable[..., None]) -> Callable[[_F], _F]:
+    """Mark a class's ``put_parts`` as writing exactly what its ``put`` (given) writes (see :func:`put_parts`)."""
+    def mark(fn: _F) -> _F:
+        fn._writes_like = put  # type: ignore[attr-defined]
+        return fn
+    return mark
+
+
+def _class_attr(cls: type, name: str) -> Any:
+    return next((c.__dict__[name] for c in cls.__mro__ if name in c.__dict__), None)
 
 
 @runtime_checkable

@@ -18,13 +18,14 @@ import inspect
 import logging
 import os
 import socket
+import threading
 import weakref
 from collections.abc import Awaitable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ..errors import AlreadyExists, ObjectTooLarge, StoreError, StoreFull, StoreNotFound
-from ._s3fast import Credentials, FastS3, target_from_request
+from ._s3fast import Credentials, FastS3, RangeClient, _env_proxy, target_from_request
 from .base import check_key, check_prefix
 from .transfer import DEFAULT_ATTEMPTS, aretry, parallel_map, retry
 
@@ -34,6 +35,8 @@ T = TypeVar("T")
 
 #: Ranged reads of this size stream big objects to disk with bounded memory.
 CHUNK = 8 * 1024 * 1024
+#: Ranged reads at least this long go through the blocking client (_s3fast.RangeClient) on S3.
+RANGE_CLIENT_MIN = 1024 * 1024
 
 _S3_PROTOCOLS = ("s3", "s3a")
 _THROTTLE_CODES = {
@@ -148,6 +151,9 @@ class FsspecStore:
         self._fast_pid = 0
         self._fast_lock: asyncio.Lock | None = None
         self._fast_finalizer: Callable[[], Any] | None = None
+        #: Blocking ranged GETs (see _s3fast.RangeClient), made from the fast path's target when first needed.
+        self._ranges: RangeClient | None = None
+        self._ranges_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"FsspecStore({self.url!r})"
@@ -331,6 +337,7 @@ class FsspecStore:
         if self._fast_finalizer is not None:
             self._fast_finalizer()
         self._fast = None
+        self._ranges = None  # its per-thread connections close with their threads
 
     # -- Store protocol -------------------------------------------------------------------------------
     def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
@@ -400,8 +407,46 @@ class FsspecStore:
                 return b""  # range starts past the end: same answer as a short POSIX read
             raise
 
+    def _range_client(self) -> RangeClient | None:
+        """The blocking ranged-GET client, or None (not S3, fast path off or refused, or a proxy to go through)."""
+        if not self._fast_wanted:
+            return None
+        ranges = self._ranges
+        if ranges is not None and self._fast is not None:
+            return ranges
+        with self._ranges_lock:
+            fast = self._run(self._fast_client)  # finds the endpoint and signing region once
+            if fast is None or _env_proxy(fast.target.base_url) is not None:
+                return None
+            if self._ranges is None or self._ranges.target != fast.target:
+                def credentials() -> Credentials:
+                    return self._run(fast._credentials)
+
+                read_timeout = float(getattr(self.fs, "read_timeout", 15) or 15) * 2
+                self._ranges = RangeClient(fast.target, credentials, timeout=read_timeout)
+            return self._ranges
+
+    def _get_range_blocking(self, ranges: RangeClient, key: str, start: int, end: int) -> bytes | None:
+        """Bytes ``[start, end)`` through ``ranges``; None when the server refused the fast path (the caller
+        then asks botocore, as for every later request)."""
+        try:
+            return retry(lambda: ranges.get(self._object_key(key), start, end), is_transient=is_transient,
+                         attempts=self.attempts, what=f"read {self._where(key)}")
+        except Exception as exc:
+            if self._fast_refused(exc):
+                self._ranges = None
+                return None
+            raise self._translate(exc, "read", key) from exc
+
     def _get_range(self, key: str, start: int, end: int) -> bytes:
         if self._async:
+            # Large ranges (restore's runs of chunks, objects fetched in pieces) in this thread, on
+            # http.client: see _s3fast.RangeClient. Small ones are not worth a connection per thread.
+            ranges = self._range_client() if end - start >= RANGE_CLIENT_MIN else None
+            if ranges is not None:
+                got = self._get_range_blocking(ranges, key, start, end)
+                if got is not None:
+                    return got
             return self._run(self._aget_range, key, start, end)
         try:
             data: bytes = self._call("cat_file", self._path(key), start=start, end=end, action="read", key=key)

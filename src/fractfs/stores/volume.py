@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AlreadyExists, StoreError, StoreNotFound, VolumeChanged, VolumeNotMounted
-from .base import Store
+from .base import Parts, Store, put_parts, writes_like
 from .posix import PosixStore
 
 log = logging.getLogger("fractfs")
@@ -174,6 +174,11 @@ class VolumeGuard:
     def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
         self.check()
         self.inner.put(key, data, exclusive=exclusive)
+
+    @writes_like(put)
+    def put_parts(self, key: str, parts: Parts, *, exclusive: bool = False) -> None:
+        self.check()
+        put_parts(self.inner, key, parts, exclusive=exclusive)
 
     def put_file(self, key: str, path: Path) -> None:
         self.check()

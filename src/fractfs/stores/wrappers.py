@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence, cast
 
 from ..errors import CheckpointAborted
-from .base import BatchStore, Store
+from .base import BatchStore, Parts, Store, put_parts, writes_like
 
 
 class AbortableStore:
@@ -38,6 +38,11 @@ class AbortableStore:
     def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
         self.check()
         self._inner.put(key, data, exclusive=exclusive)
+
+    @writes_like(put)
+    def put_parts(self, key: str, parts: Parts, *, exclusive: bool = False) -> None:
+        self.check()
+        put_parts(self._inner, key, parts, exclusive=exclusive)
 
     def put_file(self, key: str, path: Path) -> None:
         self.check()
