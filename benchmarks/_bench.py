@@ -397,9 +397,9 @@ def baseline_src(arg: str | None, work: Path) -> tuple[Path | None, str]:
     """(src directory, label) of the fractfs code to run beside this checkout's, or (None, why not).
 
     ``arg``: a src directory (``git archive <commit> src | tar -x``), a git revision (archived here into
-    ``work``), ``none``, or None for the default: the commit before the newest "Merge i12-writer" reachable
-    from HEAD, i.e. the last code that wrote format v1; before that merge exists, HEAD itself (which then is
-    the same code as this checkout's, and the label says so).
+    ``work``), ``none``, or None for the default: the last code that wrote format v1, i.e. main's newest merge
+    before "Merge i12-writer" that holds none of the writer's commits (see _before_branch); before that
+    merge exists, HEAD itself (which then is the same code as this checkout's, and the label says so).
     """
     if arg is not None and arg.lower() == "none":
         return None, "left out (--baseline none)"
@@ -417,8 +417,9 @@ def baseline_src(arg: str | None, work: Path) -> tuple[Path | None, str]:
         found = r.stdout.strip()
         if r.returncode != 0:
             return None, f"git log failed: {r.stderr.strip()}"
-        rev = f"{found}^1" if found else "HEAD"
-        same = "" if found else f", no '{V2_WRITER_MERGE}' in the history yet: the same code as fractfs"
+        rev = _before_branch(git, found) if found else "HEAD"
+        same = (f", main's last merge without the v2 writer's commits (before '{V2_WRITER_MERGE}')" if found
+                else f", no '{V2_WRITER_MERGE}' in the history yet: the same code as fractfs")
     r = subprocess.run([*git, "rev-parse", "--short", f"{rev}^{{commit}}"], capture_output=True, text=True,
                        check=False)
     if r.returncode != 0:
@@ -431,6 +432,31 @@ def baseline_src(arg: str | None, work: Path) -> tuple[Path | None, str]:
     if archive.wait() != 0:
         raise SystemExit(f"git archive {short} src failed")
     return dest / "src", f"{short}{same}"
+
+
+#: subject of the first commit whose checkpoints write format v2 (the writer branch's oldest commit)
+V2_WRITER_FIRST = "Checkpoints write format v2"
+
+
+def _before_branch(git: list[str], merge: str) -> str:
+    """The last main-line state without the v2 writer: the newest commit reachable from ``merge`` that does not
+    descend from the writer's first commit, preferring the lead's merges of other branches ("Merge i...").
+
+    Not simply ``merge^1``: the writer's commits reached the main line before its own merge (through the
+    reader's), and that code already writes v2.
+    """
+    def lines(*args: str) -> list[str]:
+        r = subprocess.run([*git, *args], capture_output=True, text=True, check=True)
+        return r.stdout.split("\n")
+
+    first = lines("log", "--format=%H", "-1", "--fixed-strings", f"--grep={V2_WRITER_FIRST}", merge)[0].strip()
+    if not first:
+        return f"{merge}^1"
+    with_writer = {c for c in lines("rev-list", "--ancestry-path", f"{first}..{merge}") if c} | {first}
+    candidates = [row.split(" ", 1) for row in lines("log", "--format=%H %s", merge) if row]
+    without = [(c, subject) for c, subject in candidates if c not in with_writer]
+    merges = [c for c, subject in without if subject.startswith("Merge i")]
+    return (merges or [c for c, _ in without] or [f"{merge}^1"])[0]
 
 
 def proc_cpu_seconds(pid: int, tid: int | None = None) -> float:

@@ -31,8 +31,8 @@ The tools:
   clock covers ``sync_now()`` in that process (interpreter start, imports and ``init()`` are paid once per
   app start, not per checkpoint). The benchmark edits the file from its own process between checkpoints.
 - **fractfs v1**: the same through other code (``--baseline``: a src directory from ``git archive <commit>
-  src``, a git revision, or ``none``); default the commit before the merge of the v2 writer, the last code
-  that writes format v1 (large files as one ``objects/`` blob each).
+  src``, a git revision, or ``none``); default main's last merge without any of the v2 writer's commits
+  (``_bench.baseline_src``), the last code that writes format v1 (large files as one ``objects/`` blob each).
 - **restic** (``/usr/bin/restic``, Debian's): ``restic backup`` of the app root into a repository on the
   tmpfs, its cache there too, timed as a whole process (restic has no resident mode); deduplicates with
   content-defined chunks of 512 KiB-8 MiB (1 MiB average) and encrypts.
@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", default="1G", help="size of the file (default 1G)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions of the edit cases per tool (default 3)")
     ap.add_argument("--baseline", help="fractfs v1: a src directory, a git revision, or 'none' (default: the "
-                                       "commit before the merge of the v2 writer)")
+                                       "last main merge without the v2 writer's commits)")
     ap.add_argument("--series", type=int, default=SERIES,
                     help=f"edits in the series (default {SERIES}; 0 leaves it out; --quick: 3)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 MiB, 1 repetition")

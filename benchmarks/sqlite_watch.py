@@ -34,8 +34,8 @@ What is measured, in the app process itself:
 Targets of issue 12 for 1 GiB and 60 s: <= 1 GiB uploaded in all; daemon <= 20 % of one core.
 
 ``--baseline`` runs the same app on other fractfs code (a src directory from ``git archive <commit> src``,
-a git revision, or ``none``; default: the commit before the merge of the v2 writer, which stores the whole
-database again at every checkpoint). That code's Volume can grow by the database's size per checkpoint,
+a git revision, or ``none``; default: main's last merge without any of the v2 writer's commits, which
+stores the whole database again at every checkpoint). That code's Volume can grow by the database's size per checkpoint,
 on a tmpfs, so a run stops early (and says so) when the Volume has grown by ``--max-store`` (default 8 GiB,
 less when memory is short). ``--quick`` is the CI smoke run: 64 MiB, 3 s idle, 8 s of transactions, this
 checkout only (unless ``--baseline`` is given).
@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=float, default=10.0,
                     help="seconds with the database open and nothing written, before the transactions (default 10)")
     ap.add_argument("--baseline", help="fractfs v1: a src directory, a git revision, or 'none' (default: the "
-                                       "commit before the merge of the v2 writer; --quick: none)")
+                                       "last main merge without the v2 writer's commits; --quick: none)")
     ap.add_argument("--max-store", default="8G", help="stop a run when its Volume has grown this much (default 8G)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 MiB, 8 s, this checkout only")
     ap.add_argument("--json", type=Path, help="also write the measurements here")
