@@ -422,6 +422,11 @@ def mib(x: float | None) -> str:
     return "-" if x is None else f"{x / MiB:.2f}"
 
 
+def small_ratio(x: float) -> str:
+    """A ratio that stays readable far below 1 (0.72 MiB against 1 GiB is 0.0007x, not 0.00x)."""
+    return fmt_ratio(x) if x >= 0.1 else f"{x:.2g}x"
+
+
 def report(b: Bench, labels: dict[str, str]) -> str:
     tools = b.tools()
     target_bytes = {OVERWRITE: "<= 8 MiB", INSERT: "-", APPEND: "-"}
@@ -434,7 +439,7 @@ def report(b: Bench, labels: dict[str, str]) -> str:
         sec = {t: b.samples.median(case, t) for t in tools}
         first = {t: b.samples.median(FIRST, t) for t in tools}
         ratio = [fmt_ratio(sec[t] / first[t]) if case != FIRST and sec[t] and first[t] else "-" for t in tools]
-        vs = [fmt_ratio(byt[FRACTFS] / byt[t]) if byt.get(FRACTFS) is not None and byt[t] else "-"
+        vs = [small_ratio(byt[FRACTFS] / byt[t]) if byt.get(FRACTFS) is not None and byt[t] else "-"
               for t in tools if t != FRACTFS]
         target = "-" if case == FIRST else f"{target_bytes[case]}; <= 0.25x first"
         rows.append([case] + [mib(byt[t]) for t in tools] + [fmt_s(sec[t]) for t in tools] + ratio + vs
@@ -444,7 +449,7 @@ def report(b: Bench, labels: dict[str, str]) -> str:
     for label, key in ((f"{min(n + 1, KEEP)} snapshots, one 4 KiB edit each: store after prune", "after_prune"),
                        (f"  same, before prune ({made})", "before_prune")):
         s = {t: b.series.get(t, {}).get(key) for t in tools}
-        vs = [fmt_ratio(s[FRACTFS] / s[t]) if s.get(FRACTFS) and s[t] else "-" for t in tools if t != FRACTFS]
+        vs = [small_ratio(s[FRACTFS] / s[t]) if s.get(FRACTFS) and s[t] else "-" for t in tools if t != FRACTFS]
         target = f"<= {1.1 * b.size / MiB:.0f} MiB" if key == "after_prune" else "-"
         rows.append([label] + [mib(s[t]) for t in tools] + ["-"] * (2 * len(tools)) + vs + [target])
     lines = [table(rows, header), ""]

@@ -355,7 +355,8 @@ def report(results: list[dict[str, Any]], size: int, seconds: int) -> str:
         row = [label] + [v[0] for v in vals]
         if two:
             x, y = vals[0][1], vals[1][1]
-            row.append(fmt_ratio(x / y) if x is not None and y else "-")
+            # a ratio of nothing to nothing (idle CPU of a few ticks, or -0.0 from tick rounding) says nothing
+            row.append(fmt_ratio(x / y) if x is not None and y is not None and y > 0.05 and x >= 0 else "-")
         rows.append(row + [target])
     lines = [table(rows, header), ""]
     for s in results:
