@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from fractfs.snapshot import checkpoint, chunker
 
     if not chunker.native_available():
-        say("note: pyfastcdc is not installed (pip install 'fractfs[fast]'): chunking runs in pure Python")
+        say("note: pyfastcdc (a fractfs dependency) is not installed: chunking runs in pure Python")
     base = Path(tempfile.mkdtemp(prefix="fractfs-bench-v2edit-"))
     shm = Path(tempfile.mkdtemp(prefix="fractfs-bench-v2edit-", dir="/dev/shm"))
     src = {"root": base / "src"}

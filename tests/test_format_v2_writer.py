@@ -16,7 +16,9 @@ import stat
 import threading
 import time
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_snapshot_support import everything, make_store, tree, write
@@ -35,7 +37,7 @@ from fractfs.snapshot.format import (
     pack_key,
     blob_id_from_key,
 )
-from fractfs.stores import PosixStore
+from fractfs.stores import PosixStore, open_store
 
 MiB = 1 << 20
 
@@ -509,3 +511,72 @@ def test_a_small_file_holding_a_chunked_files_digests_is_not_mistaken_for_it(tmp
         e = _entries(store)["digests"]
         assert e.sha256 == big.sha256 and e.size == len(digests) and not e.chunks
         assert _content(store, e) == digests
+
+
+class _CrashAt:
+    """Any store, with writes under one prefix failing (a node dying there, as far as the store can tell)."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.fail_at = "nothing"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def put(self, key: str, data: bytes, *, exclusive: bool = False) -> None:
+        if key.startswith(self.fail_at):
+            raise StoreError(f"injected failure writing {key}")
+        self.inner.put(key, data, exclusive=exclusive)
+
+    def put_file(self, key: str, path: Path) -> None:
+        if key.startswith(self.fail_at):
+            raise StoreError(f"injected failure writing {key}")
+        self.inner.put_file(key, path)
+
+
+@pytest.fixture(params=["posix", "s3", "fuse"])
+def real_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """A directory, S3 (SeaweedFS) and a FUSE mount of it (rclone): the stores a v1 checkpoint area lives on."""
+    if request.param == "posix":
+        yield PosixStore(tmp_path / "store")
+    elif request.param == "s3":
+        s = open_store(str(request.getfixturevalue("s3_url")))
+        yield s
+        s.close()
+    else:
+        yield PosixStore(request.getfixturevalue("fuse_volume") / "_checkpoint")
+
+
+def test_a_v1_store_on_every_store_kind_survives_a_crash_in_its_first_v2_checkpoint_then_upgrades(
+        tmp_path: Path, real_store: Any) -> None:
+    """v1 -> v2 on real stores: a crash while the first v2 checkpoint uploads chunks, and one at its manifest,
+    each leave the v1 snapshot newest and restorable; the next checkpoint writes v2 with every file intact."""
+    store = _CrashAt(real_store)
+    old = tmp_path / "old"
+    files = _v1_tree(old)
+    v1 = _v1_snapshot(store, old, large=8 * MiB)
+    node = _areas(tmp_path, "node")
+    sd = tmp_path / "state"
+    restore(store, node, state_dir=sd)
+    write(node["root"], "small.txt", "edited")
+    files["small.txt"] = b"edited"
+    for fail_at in ("packs/", "snapshots/"):
+        store.fail_at = fail_at
+        with pytest.raises(StoreError, match="injected"):
+            checkpoint(store, node, everything, state_dir=sd)
+        store.fail_at = "nothing"
+        newest = _newest(store)
+        assert newest.id == v1.id and newest.version == 1, fail_at
+        dst = _areas(tmp_path, f"fresh-{fail_at[:-1]}")
+        out = restore(store, dst)
+        assert out.snapshot_id == v1.id and not out.errors
+        assert (dst["root"] / "large.bin").read_bytes() == files["large.bin"]
+        assert (dst["root"] / "small.txt").read_bytes() == b"small file"
+    res = checkpoint(store, node, everything, state_dir=sd)
+    upgraded = _newest(store)
+    assert upgraded.id == res.snapshot_id and upgraded.version == 2
+    dst = _areas(tmp_path, "fresh-v2")
+    out = restore(store, dst)
+    assert out.snapshot_id == res.snapshot_id and not out.errors and not out.refused
+    assert {r: (dst["root"] / r).read_bytes() for r in files} == files
+    assert os.readlink(dst["root"] / "link") == "small.txt"

@@ -149,7 +149,7 @@ class _Cutter:
     def __init__(self, params: Params, native: Optional[bool]) -> None:
         use_native = native_available() if native is None else native
         if use_native and _NATIVE is None:
-            raise RuntimeError("pyfastcdc is not installed: pip install 'fractfs[fast]'")
+            raise RuntimeError("pyfastcdc is not installed (a dependency of fractfs): pip install pyfastcdc")
         self.params = params
         self._fast = (
             _NATIVE(params.avg_size, min_size=params.min_size, max_size=params.max_size,
@@ -187,8 +187,9 @@ def _warn_slow() -> None:
     global _warned_slow
     if not _warned_slow:
         _warned_slow = True
-        log.warning("fractfs: chunking large files in pure Python (~10 MB/s); pip install 'fractfs[fast]' "
-                    "for the compiled chunker (same chunks, ~100x faster)")
+        log.warning("fractfs: chunking files in pure Python (~10 MB/s): pyfastcdc, a dependency of fractfs, "
+                    "could not be imported; pip install pyfastcdc for the compiled chunker (same chunks, "
+                    "~100x faster)")
 
 
 class Chunk(NamedTuple):
