@@ -612,8 +612,7 @@ def commit(store: Store, prep: Prepared, fence: Fence = no_fence) -> CheckpointR
         return result  # nothing changed, nothing looked at: the stat cache is already right
     committed = prep.name
     if committed is not None:
-        _note_attempt(prep.state_dir, committed.seq)
-        _write_manifest(store, committed, prep.data, fence)
+        _write_manifest(store, committed, prep.data, fence, prep.state_dir)
         result.uploaded_bytes += len(prep.data)
         result.snapshot_id = committed.id
         if prep.deadline is None or prep.deadline - time.monotonic() > TRIM_TIME:
@@ -662,8 +661,9 @@ def _note_attempt(sdir: Path, seq: int) -> None:
 TRIM_TIME = 1.0
 
 
-def _write_manifest(store: Store, name: SnapName, data: bytes, fence: Fence) -> None:
+def _write_manifest(store: Store, name: SnapName, data: bytes, fence: Fence, sdir: Path) -> None:
     fence()
+    _note_attempt(sdir, name.seq)  # after the fence: a refused commit writes nothing and keeps its number
     try:
         store.put(name.key, data, exclusive=True)
     except AlreadyExists:
