@@ -168,3 +168,43 @@ def test_restoring_a_database_removes_a_stale_wal(tmp_path: Path) -> None:
     r = sqlite3.connect(dst / "x.db")
     assert r.execute("select x from t").fetchall() == [(1,)]
     r.close()
+
+
+def test_an_idle_wal_database_does_not_look_changed_after_its_own_backup(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copying a WAL database through the backup API can touch its -wal's metadata without changing a byte:
+    SQLite running as root fchown()s the files it opens to the database's owner, which moves the -wal's
+    ctime. If that counted as a change, every checkpoint's own backup would call for the next one, and an idle
+    app would be backed up again and again (a 1 GiB database: seconds of CPU each time)."""
+    app = tmp_path / "app"
+    app.mkdir()
+    db = app / "app.db"
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA wal_autocheckpoint=0")  # keep the commits in the -wal, as a busy app's would be
+    con.execute("CREATE TABLE t (x)")
+    con.executemany("INSERT INTO t VALUES (?)", [(os.urandom(100),) for _ in range(200)])
+    con.commit()
+    time.sleep(0.05)  # past the racy-timestamp guard
+    store = make_store(tmp_path)
+    state = tmp_path / "state"
+    backups: list[str] = []
+    real_backup = capture_mod._sqlite.backup
+
+    def counted(src: str, dest: str, timeout: float) -> None:
+        backups.append(src)
+        real_backup(src, dest, timeout)
+
+    monkeypatch.setattr(capture_mod._sqlite, "backup", counted)
+    first = checkpoint(store, {"root": app}, everything, state_dir=state)
+    assert "root:app.db" in first.stored and len(backups) == 1
+    for _ in range(2):  # the app holds its connection open and writes nothing
+        again = checkpoint(store, {"root": app}, everything, state_dir=state)
+        assert again.snapshot_id is None and again.stored == [], again
+    assert len(backups) == 1, "an unchanged database was copied again"
+    con.execute("INSERT INTO t VALUES (1)")
+    con.commit()
+    time.sleep(0.05)
+    changed = checkpoint(store, {"root": app}, everything, state_dir=state)
+    assert changed.stored == ["root:app.db"] and len(backups) == 2  # a commit in the -wal only is still seen
+    con.close()

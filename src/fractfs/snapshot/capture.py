@@ -519,7 +519,7 @@ def _capture_sqlite(path: str, st0: os.stat_result, ctx: CaptureContext) -> Capt
         return None
     try:
         size = os.path.getsize(tmp)
-        racy = racy_ns(st0.st_ctime_ns) or any(racy_ns(s[3]) for s in side if s[2])
+        racy = racy_ns(st0.st_ctime_ns) or any(racy_ns(s[1]) for s in side if s[2])  # a sidecar written just now
         cap = Captured(sha="", size=size, mode=st0.st_mode & 0o7777, mtime_ns=st0.st_mtime_ns,
                         facts=None if racy else stat_facts(st0), sqlite=True, side=side)
         if size < ctx.large:

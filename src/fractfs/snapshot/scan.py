@@ -132,17 +132,22 @@ def _walk_area(area: str, top: str, want: Want, exclude: frozenset[str], out: li
                 os.close(fd)  # the entries stat through it (fd-based scandir keeps only a duplicate)
 
 
-def sidecar_facts(path: str) -> tuple[tuple[int, int, int, int], ...]:
+def sidecar_facts(path: str) -> tuple[tuple[int, int, int], ...]:
     """Stat signature of a SQLite db's -wal and -journal: a WAL db's main file can stay untouched while its
-    -wal grows by whole transactions, so the db counts as changed when these do. (-shm is only an index.)"""
+    -wal grows by whole transactions, so the db counts as changed when these do. (-shm is only an index.)
+
+    Size, mtime and inode, not ctime: a write moves mtime with ctime, while SQLite running as root fchown()s
+    the -wal to the database's owner whenever it opens it, our own backup included, which moves ctime alone.
+    With ctime every checkpoint's backup called for the next one, and an idle database was copied again and
+    again (tests/test_snapshot_sqlite.py)."""
     out = []
     for suffix in ("-wal", "-journal"):
         try:
             st = os.lstat(path + suffix)
         except OSError:
-            out.append((0, 0, 0, 0))
+            out.append((0, 0, 0))
             continue
-        out.append((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+        out.append((st.st_size, st.st_mtime_ns, st.st_ino))
     return tuple(out)
 
 
