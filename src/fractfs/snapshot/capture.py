@@ -165,6 +165,19 @@ class CaptureContext:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
 
+def _open(path: str) -> int | str:
+    """A read-only descriptor of ``path`` (never through a symlink), or GONE when it vanished, or BUSY when it
+    became a symlink since the walk (the next round sees it as one)."""
+    try:
+        return os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        return GONE
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return BUSY
+        raise
+
+
 def capture(path: str, ctx: CaptureContext) -> Captured | str:
     """Read ``path`` into memory so that the bytes provably belong to one version of the file, and chunk it.
 
@@ -175,14 +188,9 @@ def capture(path: str, ctx: CaptureContext) -> Captured | str:
     for attempt in range(READ_ATTEMPTS):
         if attempt:
             time.sleep(0.02 * attempt)
-        try:
-            fd = os.open(path, _OPEN_FLAGS)
-        except FileNotFoundError:
-            return GONE
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:  # became a symlink since the walk: next round sees it as one
-                return BUSY
-            raise
+        fd = _open(path)
+        if isinstance(fd, str):
+            return fd
         try:
             st0 = os.fstat(fd)
             if st0.st_mode & 0o170000 != S_IFREG:
@@ -252,14 +260,9 @@ def capture_streamed(path: str, ctx: CaptureContext, put: PutChunk) -> Captured 
     for attempt in range(READ_ATTEMPTS):
         if attempt:
             time.sleep(0.02 * attempt)
-        try:
-            fd = os.open(path, _OPEN_FLAGS)
-        except FileNotFoundError:
-            return GONE
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return BUSY
-            raise
+        fd = _open(path)
+        if isinstance(fd, str):
+            return fd
         try:
             st0 = os.fstat(fd)
             if st0.st_mode & 0o170000 != S_IFREG:
@@ -363,14 +366,9 @@ class _Read:
 def _read_whole(path: str, ctx: CaptureContext, mark: int | None) -> _Read | str:
     """Read ``path`` up to its size at fstat, hashing it (and its first ``mark`` bytes); a large file is copied
     into tmp/ as it is read, since the file itself will have moved on by the time it is uploaded."""
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except FileNotFoundError:
-        return GONE
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return BUSY
-        raise
+    fd = _open(path)
+    if isinstance(fd, str):
+        return fd
     out_fd, temp = -1, None
     try:
         st0 = os.fstat(fd)

@@ -213,6 +213,28 @@ class _FdReader:
 Source = Union[int, BinaryIO, io.RawIOBase, io.BufferedIOBase]
 
 
+def _fill(reader: Any, readinto: Any, view: memoryview, end: int, cap: int,
+          remaining: Optional[int]) -> tuple[int, Optional[int], bool]:
+    """Read into ``view[end:cap]`` until it is full, the input ends, or ``remaining`` bytes (None: no limit)
+    were read. Returns the new ``end``, what is left of ``remaining``, and whether the input has ended."""
+    while end < cap:
+        want = cap - end if remaining is None else min(cap - end, remaining)
+        if want == 0:
+            return end, remaining, True
+        if readinto is not None:
+            got = readinto(view[end:end + want])
+        else:
+            piece = reader.read(want)
+            got = len(piece)
+            view[end:end + got] = piece
+        if not got:
+            return end, remaining, True
+        end += got
+        if remaining is not None:
+            remaining -= got
+    return end, remaining, False
+
+
 def chunks(source: Source, *, params: Params = FORMAT_PARAMS, native: Optional[bool] = None,
            limit: Optional[int] = None) -> Iterator[Chunk]:
     """Read ``source`` (a file descriptor or a binary file object) to its end, or ``limit`` bytes, and yield
@@ -240,23 +262,7 @@ def chunks(source: Source, *, params: Params = FORMAT_PARAMS, native: Optional[b
                 view[: end - start] = view[start:end]
                 end -= start
                 start = 0
-            while end < cap and not eof:
-                want = cap - end if remaining is None else min(cap - end, remaining)
-                if want == 0:
-                    eof = True
-                    break
-                if readinto is not None:
-                    got = readinto(view[end:end + want])
-                else:
-                    piece = reader.read(want)
-                    got = len(piece)
-                    view[end:end + got] = piece
-                if not got:
-                    eof = True
-                    break
-                end += got
-                if remaining is not None:
-                    remaining -= got
+            end, remaining, eof = _fill(reader, readinto, view, end, cap, remaining)
         if start == end:
             return
         window = view[start:min(end, start + params.max_size)]
@@ -346,23 +352,8 @@ def _cut_blocks(reader: Any, cutter: _Cutter, params: Params, limit: Optional[in
             # new place at the start.
             view[:end] = tail
             tail = b""
-            while end < len(buf) and not eof:
-                want = len(buf) - end if remaining is None else min(len(buf) - end, remaining)
-                if want == 0:
-                    eof = True
-                    break
-                if readinto is not None:
-                    got = readinto(view[end:end + want])
-                else:
-                    piece = reader.read(want)
-                    got = len(piece)
-                    view[end:end + got] = piece
-                if not got:
-                    eof = True
-                    break
-                end += got
-                if remaining is not None:
-                    remaining -= got
+            if not eof:
+                end, remaining, eof = _fill(reader, readinto, view, end, len(buf), remaining)
             cuts = []
             start = 0
             # a cut may only be decided with max_size bytes in view (or the rest of the input)
