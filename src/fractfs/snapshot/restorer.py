@@ -982,6 +982,13 @@ def _restore(store: Store, areas: dict[str, Path], *, snapshot_id: str | None, o
     res.skipped_existing.extend(w.skipped)
     res.errors.extend(w.errors)
     res.bytes = w.bytes
+    # Every file is written and in place: what only served to get it there goes now, before the stat cache
+    # is seeded (that is the restore's peak: every entry, its facts and the cache's rows and payload at
+    # once). Per file a tuple and the final path in plan.files, another tuple in w.direct and a slot in
+    # w.restored: about 250 bytes a file, a quarter of a GiB at 1 000 000 files.
+    plan.files.clear()
+    w.direct.clear()
+    w.restored.clear()
 
     try:
         _place_links(plan, w, res)
