@@ -208,3 +208,42 @@ def test_an_idle_wal_database_does_not_look_changed_after_its_own_backup(tmp_pat
     changed = checkpoint(store, {"root": app}, everything, state_dir=state)
     assert changed.stored == ["root:app.db"] and len(backups) == 2  # a commit in the -wal only is still seen
     con.close()
+
+
+def test_a_database_sqlite_could_not_open_once_is_tried_again_next_time(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database caught while it could not be opened (copied in, half written) is stored as plain bytes that
+    once, but not remembered as read: the next checkpoint, with the file's stat unchanged, copies it through
+    SQLite's backup API, instead of treating it (and storing its -wal) as plain files until it changes."""
+    app = tmp_path / "app"
+    app.mkdir()
+    con = sqlite3.connect(app / "app.db")
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA wal_autocheckpoint=0")
+    con.execute("CREATE TABLE t (x)")
+    con.execute("INSERT INTO t VALUES (42)")
+    con.commit()
+    time.sleep(0.05)
+    store = make_store(tmp_path)
+    state = tmp_path / "state"
+    real_backup = capture_mod._sqlite.backup
+
+    def unreadable(src: str, dest: str, timeout: float) -> None:
+        raise capture_mod._sqlite.SqliteUnreadable(f"{src}: file is not a database (test)")
+
+    def newest() -> dict[str, bool]:
+        from fractfs.snapshot import catalog
+        m = catalog.load(store, catalog.list_names(store)[-1])
+        return {e.path: e.sqlite for e in m.entries}
+
+    monkeypatch.setattr(capture_mod._sqlite, "backup", unreadable)
+    checkpoint(store, {"root": app}, everything, state_dir=state)
+    assert newest()["app.db"] is False  # its bytes, this once
+    monkeypatch.setattr(capture_mod._sqlite, "backup", real_backup)
+    checkpoint(store, {"root": app}, everything, state_dir=state)
+    got = newest()
+    assert got.get("app.db") is True and "app.db-wal" not in got and "app.db-shm" not in got, got
+    dst = tmp_path / "back"
+    restore(store, {"root": dst})
+    assert sqlite3.connect(dst / "app.db").execute("SELECT x FROM t").fetchall() == [(42,)]
+    con.close()

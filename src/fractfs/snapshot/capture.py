@@ -165,6 +165,14 @@ class CaptureContext:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
 
+def _facts_to_keep(path: str, st0: os.stat_result, ctx: CaptureContext) -> Facts | None:
+    """What the stat cache may remember of a plain read. Not the facts of a file with SQLite's header that
+    SQLite could not open (copied as plain bytes this time): it may be a database caught half-written, e.g.
+    being copied in, and remembering it as read would keep it "no database" until its stat changes, its
+    -wal stored raw beside it meanwhile. Without facts the next checkpoint looks at it again."""
+    return None if path in ctx.sqlite_unreadable_logged else stat_facts(st0)
+
+
 def _open(path: str) -> int | str:
     """A read-only descriptor of ``path`` (never through a symlink), or GONE when it vanished, or BUSY when it
     became a symlink since the walk (the next round sees it as one)."""
@@ -226,7 +234,7 @@ def capture(path: str, ctx: CaptureContext) -> Captured | str:
             continue
         pieces, cid = chunk_bytes(data)  # hashed only once the read is known to be one version
         return Captured(sha=cid, size=size, mode=st0.st_mode & 0o7777, mtime_ns=st0.st_mtime_ns,
-                        facts=stat_facts(st0), data=data, pieces=pieces)
+                        facts=_facts_to_keep(path, st0, ctx), data=data, pieces=pieces)
     return BUSY
 
 
@@ -293,7 +301,7 @@ def capture_streamed(path: str, ctx: CaptureContext, put: PutChunk) -> Captured 
             log.debug("%s changed while being read (attempt %d)", path, attempt + 1)
             continue
         return Captured(sha=slots_id(slots), size=size, mode=st0.st_mode & 0o7777, mtime_ns=st0.st_mtime_ns,
-                        facts=stat_facts(st0), slots=slots)
+                        facts=_facts_to_keep(path, st0, ctx), slots=slots)
     return BUSY
 
 
