@@ -223,6 +223,22 @@ def fuse_volume(seaweed: Seaweed, s3_bucket: str, tmp_path: Path) -> Iterator[Pa
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.fixture(params=["posix", "s3", "fuse"])
+def real_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """The stores a checkpoint area lives on, as the snapshot code sees them: a directory, S3 (SeaweedFS) and a
+    FUSE mount of a bucket (rclone)."""
+    from fractfs.stores import PosixStore, open_store
+
+    if request.param == "posix":
+        yield PosixStore(tmp_path / "store")
+    elif request.param == "s3":
+        s = open_store(str(request.getfixturevalue("s3_url")))
+        yield s
+        s.close()  # type: ignore[attr-defined]
+    else:
+        yield PosixStore(request.getfixturevalue("fuse_volume") / "_checkpoint")
+
+
 @pytest.fixture(params=["plain", "tmpfs", "fuse"])
 def volume(request: pytest.FixtureRequest) -> Path:
     """Each kind of Volume fractfs meets: plain dir, tmpfs (cross-device) and an rclone FUSE mount."""

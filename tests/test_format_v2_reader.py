@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,23 +26,16 @@ from fractfs.errors import FractfsError, RestoreError
 from fractfs.snapshot import catalog, checkpoint, chunked, restore, unrestored, verify
 from fractfs.snapshot.format import FILE, ChunkRef, Entry, Manifest, SnapName, encode_manifest, pack_key
 from fractfs.snapshot.maint import blob_total, prune
-from fractfs.stores import PosixStore, open_store
+from fractfs.stores import PosixStore
 
 BIG = 40 << 20
 MTIME = 1_700_000_000_123_456_789
 
 
-@pytest.fixture(params=["posix", "s3", "fuse"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    """The store kinds a snapshot is read from: a directory, S3 (SeaweedFS) and a FUSE mount (rclone)."""
-    if request.param == "posix":
-        yield PosixStore(tmp_path / "store")
-    elif request.param == "s3":
-        s = open_store(str(request.getfixturevalue("s3_url")))
-        yield s
-        s.close()  # type: ignore[attr-defined]
-    else:
-        yield PosixStore(request.getfixturevalue("fuse_volume") / "_checkpoint")
+@pytest.fixture
+def store(real_store: Any) -> Any:
+    """The store kinds a snapshot is read from (conftest's ``real_store``: directory, S3, FUSE)."""
+    return real_store
 
 
 def _build(store: Any, seq: int = 1, seed: int = 1) -> tuple[SnapName, dict[str, bytes], list[Entry]]:

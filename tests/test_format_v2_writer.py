@@ -16,7 +16,6 @@ import stat
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from fractfs.snapshot.format import (
     pack_key,
     blob_id_from_key,
 )
-from fractfs.stores import PosixStore, open_store
+from fractfs.stores import PosixStore
 
 MiB = 1 << 20
 
@@ -532,19 +531,6 @@ class _CrashAt:
         if key.startswith(self.fail_at):
             raise StoreError(f"injected failure writing {key}")
         self.inner.put_file(key, path)
-
-
-@pytest.fixture(params=["posix", "s3", "fuse"])
-def real_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    """A directory, S3 (SeaweedFS) and a FUSE mount of it (rclone): the stores a v1 checkpoint area lives on."""
-    if request.param == "posix":
-        yield PosixStore(tmp_path / "store")
-    elif request.param == "s3":
-        s = open_store(str(request.getfixturevalue("s3_url")))
-        yield s
-        s.close()
-    else:
-        yield PosixStore(request.getfixturevalue("fuse_volume") / "_checkpoint")
 
 
 def test_a_v1_store_on_every_store_kind_survives_a_crash_in_its_first_v2_checkpoint_then_upgrades(
