@@ -173,17 +173,27 @@ def _facts_to_keep(path: str, st0: os.stat_result, ctx: CaptureContext) -> Facts
     return None if path in ctx.sqlite_unreadable_logged else stat_facts(st0)
 
 
-def _open(path: str) -> int | str:
-    """A read-only descriptor of ``path`` (never through a symlink), or GONE when it vanished, or BUSY when it
-    became a symlink since the walk (the next round sees it as one)."""
+def _open(path: str) -> tuple[int, os.stat_result] | str:
+    """A read-only descriptor of the regular file ``path`` (never through a symlink) and its ``fstat``; GONE
+    when it vanished, BUSY when it is no regular file any more (a symlink since the walk: the next round sees
+    it as one)."""
     try:
-        return os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
         return GONE
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return BUSY
         raise
+    try:
+        st0 = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if st0.st_mode & 0o170000 != S_IFREG:
+        os.close(fd)
+        return BUSY
+    return fd, st0
 
 
 def capture(path: str, ctx: CaptureContext) -> Captured | str:
@@ -196,13 +206,11 @@ def capture(path: str, ctx: CaptureContext) -> Captured | str:
     for attempt in range(READ_ATTEMPTS):
         if attempt:
             time.sleep(0.02 * attempt)
-        fd = _open(path)
-        if isinstance(fd, str):
-            return fd
+        opened = _open(path)
+        if isinstance(opened, str):
+            return opened
+        fd, st0 = opened
         try:
-            st0 = os.fstat(fd)
-            if st0.st_mode & 0o170000 != S_IFREG:
-                return BUSY
             size = st0.st_size
             large = size >= ctx.large
             # a small file's first read holds its header (one read for most files); a large one's is peeked at
@@ -268,13 +276,11 @@ def capture_streamed(path: str, ctx: CaptureContext, put: PutChunk) -> Captured 
     for attempt in range(READ_ATTEMPTS):
         if attempt:
             time.sleep(0.02 * attempt)
-        fd = _open(path)
-        if isinstance(fd, str):
-            return fd
+        opened = _open(path)
+        if isinstance(opened, str):
+            return opened
+        fd, st0 = opened
         try:
-            st0 = os.fstat(fd)
-            if st0.st_mode & 0o170000 != S_IFREG:
-                return BUSY
             size = st0.st_size
             if os.pread(fd, 16, 0) == SQLITE_MAGIC and path not in ctx.sqlite_unreadable_logged:
                 os.close(fd)  # became a database since capture() looked: its backup, as there
@@ -374,14 +380,12 @@ class _Read:
 def _read_whole(path: str, ctx: CaptureContext, mark: int | None) -> _Read | str:
     """Read ``path`` up to its size at fstat, hashing it (and its first ``mark`` bytes); a large file is copied
     into tmp/ as it is read, since the file itself will have moved on by the time it is uploaded."""
-    fd = _open(path)
-    if isinstance(fd, str):
-        return fd
+    opened = _open(path)
+    if isinstance(opened, str):
+        return opened
+    fd, st0 = opened
     out_fd, temp = -1, None
     try:
-        st0 = os.fstat(fd)
-        if st0.st_mode & 0o170000 != S_IFREG:
-            return BUSY
         size = st0.st_size
         small = size < ctx.large
         if not small:
