@@ -29,7 +29,8 @@ from typing import Any, Callable, Union
 from ..localfile import create_private, unlink_if_present
 from ..errors import RestoreError, StoreError, StoreNotFound
 from ..stores.base import Store
-from . import catalog, chunked, gcpause, statcache, unrestored
+from . import catalog, chunked, gcpause, helper, statcache, unrestored
+from .helper import Helper
 from .format import DIR, SQLITE_SIDECARS, SYMLINK, ChunkRef, Entry, Manifest, object_key, pack_key, valid_area
 from .scan import TMP_PREFIX, Want
 
@@ -291,10 +292,86 @@ class _Writer:
                 self._record_direct(done)
 
     def _record_direct(self, done: list[tuple[Entry, str, os.stat_result]]) -> None:
-        facts = {e: (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns) for e, _dest, st in done}
+        self._record_facts([(e, dest, (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+                            for e, dest, st in done])
+
+    def _record_facts(self, done: list[tuple[Entry, str, statcache.Facts]]) -> None:
         with self.lock:  # once per run, not per file
-            self.direct.extend((e, dest) for e, dest, _st in done)
-            self.facts.update(facts)
+            self.direct.extend((e, dest) for e, dest, _f in done)
+            self.facts.update({e: f for e, _dest, f in done})
+
+    # -- sharing small files with the helper process (see helper.py) ------------------------------------
+    def write_shared(self, items: list[tuple[Entry, str]], buf: memoryview | None, base: int,
+                     hp: Helper | None) -> None:
+        """:meth:`write_run`, with batches of the files that go into directories the restore made handed to
+        the helper process whenever it has room for one (the others, and everything when it has none, are
+        written here). The helper verifies and writes them as write_run does."""
+        if hp is None:
+            self.write_run(items, buf, base)
+            return
+        fresh, cur, umask = self.plan.fresh, self.plan.cur, self.umask
+        i = 0
+        while i < len(items) and not self.abort.is_set():
+            self.absorb(hp.answers(block=False))
+            j, nbytes = i, 0
+            while j < len(items) and j - i < helper.BATCH_FILES and nbytes < hp.batch_bytes:
+                nbytes += items[j][0].size
+                j += 1
+            part, i = items[i:j], j
+            if hp.busy():
+                self.write_run(part, buf, base)
+                continue
+            mine: list[tuple[Entry, str]] = []
+            theirs: list[helper.Item] = []
+            wire: list[tuple[Any, ...]] = []
+            for e, dest in part:
+                parent, _, name = dest.rpartition("/")
+                if parent not in fresh:
+                    mine.append((e, dest))
+                    continue
+                data = b"" if buf is None else buf[e.offset - base:e.offset - base + e.size]
+                mode = e.mode & FILE_MODE_MASK
+                theirs.append((e, dest, data))
+                wire.append((cur[parent], name, 0o600 if umask is None else mode,
+                             mode if umask is None or mode & umask else -1, e.mtime_ns, e.sha256, data))
+            if theirs:
+                hp.send(theirs, wire)
+            if mine:
+                self.write_run(mine, buf, base)
+
+    def absorb(self, answered: list[tuple[list[helper.Item], list[helper.Answer]]]) -> None:
+        """Take the helper's answers: files it wrote are recorded like those written here; files whose bytes
+        did not verify are read once more and written here; a failed system call is a failed file (a full
+        disk fails the whole restore, as here)."""
+        done: list[tuple[Entry, str, statcache.Facts]] = []
+        try:
+            for items, answers in answered:
+                for (e, dest, data), a in zip(items, answers):
+                    if a is not None and len(a) == 5:
+                        done.append((e, dest, tuple(a)))
+                    elif a is None:
+                        got = self._verified(data, e)
+                        if got is not None:
+                            self.write_run([(e, dest)], memoryview(got), e.offset)
+                    else:
+                        code, msg = a
+                        if code in _DISK_FULL:
+                            raise _DiskFull(dest, OSError(code, msg, dest))
+                        self._fail(e, f"cannot write {dest}: {msg}")
+        finally:
+            if done:
+                self._record_facts(done)
+
+    def redo(self, items: list[helper.Item]) -> None:
+        """Write here what the helper was given but never answered (it died): whatever it left of a file
+        is removed first, in a directory nobody else can see yet."""
+        for e, dest, data in items:
+            if self.abort.is_set():
+                return
+            parent, _, name = dest.rpartition("/")
+            unlink_if_present(os.path.join(self.plan.cur[parent], name))
+            self.write_run([(e, dest)], memoryview(data), e.offset)
+
 
     def _write_staged(self, dest: str, data: bytes | memoryview, e: Entry) -> None:
         """Write verified ``data`` to a temp file next to ``dest``, renamed into place by place_all()."""
@@ -1433,18 +1510,24 @@ def _fetch_and_write(store: Store, files: list[tuple[Entry, str]], w: _Writer, t
     # named by a hostile entry can be any size, and get_many would hold all of it in memory.
     for pid, items in packs:
         tasks.spawn(lambda pid=pid, items=items: one_pack(pid, items))  # type: ignore[misc]
+    small = len(empty) + sum(len(items) for _pid, items in packs)
+    hp = Helper.start() if transfers > 1 and small >= helper.min_files() else None
     try:
         if empty:  # while the first packs are fetched
-            w.write_run(empty, None, 0)
+            w.write_shared(empty, None, 0, hp)
         while not w.abort.is_set():
             got = inbox.get()
             if got is None:
                 break
             buf, base, items = got
             try:
-                w.write_run(items, buf, base)
+                w.write_shared(items, buf, base, hp)
             finally:
                 inbox.release(len(buf))
+        if hp is not None:
+            answered, left = hp.finish()
+            w.absorb(answered)
+            w.redo(left)
     except BaseException as exc:
         inbox.close()
         tasks.abandon(w)
@@ -1452,6 +1535,9 @@ def _fetch_and_write(store: Store, files: list[tuple[Entry, str]], w: _Writer, t
         if err is exc:
             raise
         raise err from exc
+    finally:
+        if hp is not None:
+            hp.stop()  # before the caller may discard the directories it writes in
     tasks.run(w)
 
 
