@@ -681,3 +681,66 @@ def test_commit_is_fenced_by_the_lease_and_an_aborted_store_refuses_everything(t
             call()
     assert store.get("packs/ab/x") == b"x" and store.size("packs/ab/y") is None
     assert isinstance(CheckpointAborted("x"), Exception) and not isinstance(CheckpointAborted("x"), StoreError)
+
+def test_a_cold_start_that_takes_over_decodes_only_the_newest_snapshot(tmp_path: Path) -> None:
+    """A node that died without giving the lease back is the usual cold start (preempted, OOM-killed). Taking
+    the stale lease over (a lease timeout after init()) used to list and decode every snapshot kept, one
+    decode per snapshot and half a second each at 100 000 files, just to decide on a warning."""
+    vol = str(tmp_path / "vol")
+    a, b, c = App(tmp_path, vol, "a"), App(tmp_path, vol, "b"), App(tmp_path, vol, "c")
+    node_a = a.spawn("""
+        fractfs.init()
+        for i in range(4):
+            put("state.txt", f"A{i}")
+            fractfs.sync_now()
+        out(event="ready")
+        time.sleep(60)
+    """, fractfs_LEASE_TIMEOUT="1.6")
+    node_a.expect("event", "ready")
+    node_a.signal(signal.SIGKILL)
+    node_a.finish()
+    code = """
+        from fractfs.snapshot import catalog
+        loads = []
+        real_load = catalog.load
+        def counting_load(store, name, *a, **k):
+            loads.append(name.id)
+            return real_load(store, name, *a, **k)
+        catalog.load = counting_load
+        warned = []
+        class Seen(logging.Handler):
+            def emit(self, record):
+                if "checkpointed over it" in record.getMessage():
+                    warned.append(record.getMessage())
+        logging.getLogger("fractfs").addHandler(Seen())
+        st = fractfs.init(restore=RESTORE)
+        text = open("state.txt").read() if os.path.exists("state.txt") else None
+        t0 = time.monotonic()
+        while not fractfs.status()["writer"]:  # it waits out one lease timeout of its own, then takes over
+            assert time.monotonic() - t0 < 15
+            time.sleep(0.05)
+        time.sleep(0.3)
+        takeovers = fractfs.status()["lease"]["takeovers"]
+        fractfs.shutdown(final_sync=False)
+        out(takeovers=takeovers, loads=loads, warned=warned, text=text)
+    """
+    got = b.run(code.replace("RESTORE", "True"), fractfs_LEASE_TIMEOUT="1.6")
+    assert got["takeovers"] == 1, got
+    # one decode: the restore's (the newest snapshot is the restored one: the takeover's check lists names)
+    assert len(got["loads"]) == 1 and got["text"] == "A3" and got["warned"] == [], got
+    # a node that keeps its local state instead (restore=False) is warned that it will overwrite A's
+    node_a = a.spawn("""
+        fractfs.init()
+        put("state.txt", "A4")
+        fractfs.sync_now()
+        out(event="ready")
+        time.sleep(60)
+    """, fractfs_LEASE_TIMEOUT="1.6")
+    node_a.expect("event", "ready")
+    node_a.signal(signal.SIGKILL)
+    node_a.finish()
+    got = c.run(code.replace("RESTORE", "False"), fractfs_LEASE_TIMEOUT="1.6")
+    assert got["takeovers"] == 1 and got["text"] is None, got
+    # the newest snapshot only (init(), the takeover's check of who wrote it, the checkpoint that follows):
+    # never the four older ones kept
+    assert {n[:12] for n in got["loads"]} == {"000000000005"} and len(got["warned"]) == 1, got

@@ -89,6 +89,11 @@ class Runtime:
         self._final_at_exit = False  # start_daemon: the exit hook runs a final checkpoint
         self.final_sync: Optional[dict[str, Any]] = None
         self.restore_info: dict[str, Any] = {}
+        #: Set while init() has the lease but has not yet loaded the store's newest snapshot: a takeover then
+        #: leaves the "superseded?" check to _start_writer, which loads that snapshot anyway (see
+        #: _warn_superseded).
+        self._newest_pending = False
+        self._superseded_check = False
         self.closed = False
         self._prev_handlers: dict[int, _SignalHandler] = {}
         self._exit_hook_registered = False
@@ -189,21 +194,27 @@ class Runtime:
         # a restore uses exactly one manifest, whole) but will not write.
         self._make_writer_parts()
         assert self.keeper is not None and self.lease is not None
-        if start_daemon:
-            self.keeper.tick()
+        self._newest_pending = True
         try:
+            if start_daemon:
+                self.keeper.tick()
             try:
-                # loaded once for both uses: decoding a 100 000-file manifest takes over a second
+                # loaded once for every use: decoding a 100 000-file manifest takes half a second
                 newest, damaged = catalog.newest_valid(self.store)
             except FractfsError as exc:
                 self.stats.record_error(exc)
                 raise
+            finally:
+                self._newest_pending = False
             if cfg.auto_ignore_bundle:
                 known = {rel for area, rel in newest.paths() if area == "root"} if newest else set()
                 self.bundle = detect_bundle(cfg, self.resolver, known)
             save_bundle(cfg, self.bundle)
             if restore:
                 self.restore_info = self._restore(newest, damaged)
+            if self._superseded_check:
+                self._superseded_check = False
+                self._warn_superseded(newest)
         except BaseException:
             self._release_quietly()  # init failed: don't leave others waiting for our heartbeat to stop
             raise
@@ -393,18 +404,27 @@ class Runtime:
             self._lease_lost = f"{holder} holds it now"
         self._persist_status()
 
-    def _warn_superseded(self) -> None:
-        from . import snapshot
+    def _warn_superseded(self, newest: Optional[Manifest] = None) -> None:
+        """Warn when the store's newest valid snapshot is another node's and not the one this node restored:
+        this node's state will be checkpointed over it. ``newest``: that snapshot, when already loaded."""
+        if newest is None:
+            if self._newest_pending:  # init() is about to load it: check then, not with a second decode
+                self._superseded_check = True
+                return
+            from .snapshot import catalog
 
+            try:
+                names = catalog.list_names(self.store)
+                if names and names[-1].id == self.restore_info.get("snapshot_id"):
+                    return  # still the snapshot this node restored: nothing to decode
+                newest, _ = catalog.newest_valid(self.store, names)  # the newest alone, not every one kept
+            except FractfsError:
+                return
         restored = self.restore_info.get("snapshot_id")
-        try:
-            newest = [s for s in snapshot.list_snapshots(self.store) if s.valid]
-        except FractfsError:
-            return
-        if newest and newest[-1].id != restored and newest[-1].node != self.node_id:
+        if newest is not None and newest.id != restored and newest.node != self.node_id:
             log.warning("fractfs: snapshot %s was written by %s after this node restored %s; this node's own "
                         "state will be checkpointed over it (nothing is merged)",
-                        newest[-1].id[:20], newest[-1].node, restored)
+                        (newest.id or "")[:20], newest.node, restored)
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def selection(self) -> Selection:
