@@ -114,3 +114,28 @@ def test_a_cache_written_in_another_row_layout_is_ignored_not_fatal(tmp_path: Pa
     statcache.write_raw(tmp_path, CacheHeader(), {"root": {"a.txt": tuple(row)}})
     hdr, at = statcache.read_header(tmp_path)
     assert hdr is not None and statcache.read_rows(tmp_path, hdr, at) == {"root": {"a.txt": row}}
+
+
+def test_a_fork_during_a_checkpoint_does_not_keep_the_state_lock(tmp_path: Path) -> None:
+    """Web servers fork workers from the process that called init(); one forked while a checkpoint holds the
+    state-dir lock inherits the lock's file descriptor. flock() locks belong to the open file, so closing our
+    descriptor alone left the lock held by the child for its whole life: every later checkpoint blocked."""
+    sdir = tmp_path / "state"
+    sdir.mkdir()
+    with StateLock(sdir):
+        pid = os.fork()
+        if pid == 0:  # a worker that lives on (it never touches the lock)
+            time.sleep(5)
+            os._exit(0)
+    try:
+        got = threading.Event()
+
+        def take() -> None:
+            with StateLock(sdir):
+                got.set()
+
+        threading.Thread(target=take, daemon=True).start()
+        assert got.wait(3), "the state lock is still held by the forked child"
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)

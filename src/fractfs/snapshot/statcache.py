@@ -228,7 +228,11 @@ class StateLock:
 
     def __exit__(self, *exc: object) -> None:
         if self.fd >= 0:
-            os.close(self.fd)  # closing drops the flock
+            # Unlock explicitly: the flock belongs to the open file, which a process forked meanwhile (a web
+            # server's worker) shares through its copy of the descriptor; closing ours alone kept it locked.
+            if fcntl is not None:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
             self.fd = -1
 
 
