@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from ._helper_main import write_all
 from .format import Entry
 
 log = logging.getLogger("fractfs")
@@ -96,6 +95,10 @@ class Helper:
         self.wfd = proc.stdin.fileno()
         self.rfd = proc.stdout.fileno()
         os.set_blocking(self.rfd, False)
+        # Writes do not block either: what the pipe cannot take yet waits in ``outbuf`` and the helper counts
+        # as busy until it is gone, so this process writes files itself instead of waiting.
+        os.set_blocking(self.wfd, False)
+        self.outbuf = memoryview(b"")
         #: bytes of file data per batch: a batch and its paths fit in the pipe (see _grow_pipe)
         self.batch_bytes = max(4096, min(BATCH_BYTES, _grow_pipe(self.wfd) // 2 - 64 * BATCH_FILES))
         self.pending: dict[int, list[Item]] = {}
@@ -117,23 +120,33 @@ class Helper:
         return cls(proc)
 
     def busy(self) -> bool:
-        return self.dead or len(self.pending) >= _MAX_OUT
+        if self.outbuf:
+            self._flush()
+        return self.dead or bool(self.outbuf) or len(self.pending) >= _MAX_OUT
+
+    def _flush(self) -> None:
+        """Write what the pipe takes of ``outbuf`` without waiting."""
+        try:
+            while self.outbuf:
+                self.outbuf = self.outbuf[os.write(self.wfd, self.outbuf):]
+        except BlockingIOError:
+            pass
+        except OSError as exc:  # BrokenPipeError: it died
+            self._died(f"cannot write to it: {exc}")
 
     def send(self, items: list[Item], wire: list[tuple[Any, ...]]) -> bool:
         """Hand a batch over (``wire`` is what the helper needs of ``items``, in the same order); False when
         the helper is gone (the batch is then among those :meth:`finish` gives back)."""
+        assert not self.outbuf, "send() while busy()"
         bid = self.next_id
         self.next_id += 1
         self.pending[bid] = items
         if self.dead:
             return False
         body = marshal.dumps((bid, wire), 4)
-        try:
-            write_all(self.wfd, len(body).to_bytes(8, "little") + body)
-        except OSError as exc:  # BrokenPipeError: it died
-            self._died(f"cannot write to it: {exc}")
-            return False
-        return True
+        self.outbuf = memoryview(len(body).to_bytes(8, "little") + body)
+        self._flush()
+        return not self.dead
 
     def answers(self, *, block: bool) -> list[tuple[list[Item], list[Answer]]]:
         """Batches answered since the last call; with ``block``, wait for at least one while any is out."""
@@ -142,8 +155,8 @@ class Helper:
             self._parse(done)
             if done or not block or not self.pending:
                 break
-            select.select([self.rfd], [], [], 1.0)
-            self._read()
+            select.select([self.rfd], [self.wfd] if self.outbuf else [], [], 1.0)
+            self._flush()
         return done
 
     def _read(self) -> None:
@@ -203,7 +216,7 @@ class Helper:
                     f.close()
             except OSError:
                 pass
-        if self.pending or self.dead:
+        if self.pending or self.dead or self.outbuf:
             self.proc.kill()
         try:
             self.proc.wait(timeout=10)

@@ -1404,9 +1404,13 @@ _CHUNK_BYTES_IN_FLIGHT = 64 << 20
 class _Inbox:
     """Fetched pack ranges on their way from the fetching threads to the one thread that writes them.
 
-    ``put`` blocks while ``limit`` bytes are already waiting (unless nothing is: a range larger than the limit
-    still passes alone), so fetching never runs far ahead of writing. ``get`` returns None once every expected
-    fetch has called ``done`` and nothing is left; ``close`` (the writer failed) releases blocked fetchers.
+    A fetch first ``reserve``s the bytes it is about to read, which blocks while ``limit`` bytes are already
+    fetched or being fetched and not yet written (unless none are: a range larger than the limit still passes
+    alone), then ``put``s what it read. So fetching never runs far ahead of writing, and what the fetching
+    threads hold is bounded too (reserving after the read let sixteen threads hold 16 MiB each: 330 MiB more
+    peak RSS at 100 000 files). ``get`` returns None once every expected fetch has called ``done`` and
+    nothing is left; ``close`` (the writer failed) releases blocked fetchers, whose ``reserve`` then says
+    False.
     """
 
     def __init__(self, fetches: int, limit: int = _FETCHED_BYTES_IN_FLIGHT):
@@ -1417,15 +1421,21 @@ class _Inbox:
         self.open_fetches = fetches
         self.closed = False
 
-    def put(self, buf: memoryview, base: int, items: list[tuple[Entry, str]]) -> None:
+    def reserve(self, nbytes: int) -> bool:
         with self.cond:
-            while self.held and self.held + len(buf) > self.limit and not self.closed:
+            while self.held and self.held + nbytes > self.limit and not self.closed:
                 self.cond.wait()
             if self.closed:
-                return
-            self.held += len(buf)
-            self.ready.append((buf, base, items))
-            self.cond.notify_all()
+                return False
+            self.held += nbytes
+            return True
+
+    def put(self, buf: memoryview, base: int, items: list[tuple[Entry, str]], reserved: int) -> None:
+        with self.cond:
+            self.held += len(buf) - reserved  # a store may return less than asked (the writer then says why)
+            if not self.closed:
+                self.ready.append((buf, base, items))
+                self.cond.notify_all()
 
     def done(self) -> None:
         with self.cond:
@@ -1478,23 +1488,30 @@ def _fetch_and_write(store: Store, files: list[tuple[Entry, str]], w: _Writer, t
     packs = sorted(by_pack.items())
     inbox = _Inbox(len(packs))
 
+    def fetch(pid: str, start: int, length: int, items: list[tuple[Entry, str]]) -> bool:
+        """Reserve room in the inbox, read one range, hand it to the writer; False when the restore stops."""
+        if w.abort.is_set() or not inbox.reserve(length):
+            return False
+        try:
+            buf = store.get_range(pack_key(pid), start, length)
+        except BaseException:
+            inbox.release(length)
+            raise
+        inbox.put(memoryview(buf), start, items, length)
+        return True
+
     def one_pack(pid: str, items: list[tuple[Entry, str]]) -> None:
         try:
-            if w.abort.is_set():
-                return
             runs = _pack_runs([e for e, _ in items])
             if runs is None:
                 # a ranged read up to the last byte any entry needs, never "the whole pack": a hostile entry
                 # may point into a huge sparse pack (and entry sizes are bounded by MAX_PACKED_FILE)
-                extent = max(e.offset + e.size for e, _ in items)
-                inbox.put(memoryview(store.get_range(pack_key(pid), 0, extent)), 0, items)
+                fetch(pid, 0, max(e.offset + e.size for e, _ in items), items)
                 return
             dests = {id(e): d for e, d in items}
             for start, length, es in runs:
-                if w.abort.is_set():
+                if not fetch(pid, start, length, [(e, dests[id(e)]) for e in es]):
                     return
-                buf = store.get_range(pack_key(pid), start, length)
-                inbox.put(memoryview(buf), start, [(e, dests[id(e)]) for e in es])
         except StoreNotFound as exc:
             for e, _ in items:
                 w._fail(e, f"cannot fetch pack {pack_key(pid)}: {exc}; not restored")
