@@ -5,6 +5,9 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from fractfs.snapshot import checkpoint, restore, statcache
 from fractfs.snapshot.format import FILE, Entry, Manifest, encode_manifest
@@ -139,3 +142,37 @@ def test_a_fork_during_a_checkpoint_does_not_keep_the_state_lock(tmp_path: Path)
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
+
+
+def test_a_checkpoint_waits_for_the_stat_cache_a_restore_writes_in_the_background(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """init() returns once the files are in place and writes the stat cache on a thread. A checkpoint that
+    starts before that thread is done must wait for the cache, not find none and re-read every file."""
+    from fractfs.snapshot import catalog, diff
+
+    src = tmp_path / "app"
+    for i in range(30):
+        (src / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 3}" / f"f{i}").write_text(f"content {i}")
+    store = PosixStore(tmp_path / "store")
+    checkpoint(store, {"root": src}, lambda *_: True, state_dir=tmp_path / "state")
+
+    slow_write = statcache.write_raw
+
+    def write_raw(*a: Any, **k: Any) -> None:
+        time.sleep(0.5)  # the seed is still running when the checkpoint below starts
+        slow_write(*a, **k)
+
+    monkeypatch.setattr(statcache, "write_raw", write_raw)
+    dst = tmp_path / "fresh"
+    out = restore(store, {"root": dst}, state_dir=tmp_path / "s2", seed_in_background=True)
+    assert len(out.restored) == 30 and out.seeding is not None and out.seeding.is_alive()
+
+    def boom(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("the checkpoint did not wait for the restore's stat cache")
+
+    monkeypatch.setattr(diff, "compare", boom)
+    monkeypatch.setattr(catalog, "newest_valid", boom)
+    res = checkpoint(store, {"root": dst}, lambda *_: True, state_dir=tmp_path / "s2")
+    assert res.snapshot_id is None and res.files == 30
+    assert not out.seeding.is_alive()

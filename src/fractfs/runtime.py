@@ -94,6 +94,8 @@ class Runtime:
         #: _warn_superseded).
         self._newest_pending = False
         self._superseded_check = False
+        #: The restore's stat-cache writer, still running after init() returned (see snapshot.restore).
+        self._seeding: Optional[threading.Thread] = None
         self.closed = False
         self._prev_handlers: dict[int, _SignalHandler] = {}
         self._exit_hook_registered = False
@@ -357,7 +359,8 @@ class Runtime:
 
         started = time.monotonic()
         res = snapshot.restore(self.store, areas_for(self.config), transfers=self.config.transfers,
-                               state_dir=self.config.state_dir, manifest=newest)
+                               state_dir=self.config.state_dir, manifest=newest, seed_in_background=True)
+        self._seeding = res.seeding
         if newest is not None:
             res.fell_back_from = list(damaged)
         info = {
@@ -619,6 +622,8 @@ class Runtime:
         if self.keeper is not None:
             self.keeper.stop()
         self._release_lease(end)
+        if self._seeding is not None:  # a shutdown right after init(): the cache spares the next start a re-read
+            self._seeding.join(max(0.05, end - time.monotonic()))
         self._restore_handlers()
         self._persist_status()
         if self.nodelock is not None:

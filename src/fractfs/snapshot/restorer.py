@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from ..localfile import create_private, unlink_if_present
+from ..localfile import create_private, private_dir, unlink_if_present
 from ..errors import RestoreError, StoreError, StoreNotFound
 from ..stores.base import Store
 from . import catalog, chunked, gcpause, helper, statcache, unrestored
@@ -67,6 +67,9 @@ class RestoreResult:
     fell_back_from: list[str] = field(default_factory=list)
     bytes: int = 0
     duration: float = 0.0
+    #: With ``seed_in_background``: the thread writing the stat cache (holding the state dir's lock until it
+    #: is written), or None.
+    seeding: threading.Thread | None = field(default=None, repr=False, compare=False)
 
 
 class _Refused(Exception):
@@ -963,6 +966,7 @@ def restore(
     want: Want | None = None,
     state_dir: PathLike | None = None,
     manifest: Manifest | None = None,
+    seed_in_background: bool = False,
 ) -> RestoreResult:
     """Restore a snapshot (default: the newest valid one) into ``areas`` (area name → target directory).
 
@@ -972,16 +976,20 @@ def restore(
     file is left). ``state_dir``, when it is the one later checkpoints use, is seeded so that the first
     checkpoint after the restore does not re-read everything that was just written. ``manifest``: the snapshot
     to restore when the caller has already loaded it (verified, e.g. by ``catalog.newest_valid``), so it is not
-    fetched and decoded a second time; the caller then reports any fallback itself.
+    fetched and decoded a second time; the caller then reports any fallback itself. ``seed_in_background``:
+    return once the files are in place and write the stat cache on a thread (``RestoreResult.seeding``) that
+    holds the state dir's lock meanwhile, so a checkpoint that starts waits for it (init() does this: the
+    cache only serves the first checkpoint, and writing it took a sixth of a cold start).
     """
     with gcpause.paused():  # a cold start makes a few objects per file and keeps them all: see gcpause
         return _restore(store, areas, snapshot_id=snapshot_id, overwrite=overwrite, dry_run=dry_run,
-                        transfers=transfers, want=want, state_dir=state_dir, manifest=manifest)
+                        transfers=transfers, want=want, state_dir=state_dir, manifest=manifest,
+                        seed_in_background=seed_in_background)
 
 
 def _restore(store: Store, areas: dict[str, Path], *, snapshot_id: str | None, overwrite: bool, dry_run: bool,
              transfers: int, want: Want | None, state_dir: PathLike | None, manifest: Manifest | None,
-             ) -> RestoreResult:
+             seed_in_background: bool) -> RestoreResult:
     t0 = time.monotonic()
     res = RestoreResult()
     m: Manifest | None
@@ -1073,13 +1081,10 @@ def _restore(store: Store, areas: dict[str, Path], *, snapshot_id: str | None, o
             raise RestoreError(f"could not flush restored files to disk: {exc}") from exc
 
     if state_dir is not None:
-        try:
+        if seed_in_background:
+            res.seeding = _seed_later(Path(os.fspath(state_dir)), store, m, w.facts)
+        else:
             _seed_state(Path(os.fspath(state_dir)), store, m, w.facts)
-        except OSError as exc:
-            # only a shortcut for the next checkpoint (which then re-reads the files): never worth failing a
-            # restore that succeeded, e.g. because the node-local state directory is full
-            log.warning("fractfs: restore: could not record the restored files in %s (%s); the next "
-                        "checkpoint reads them again", state_dir, exc)
         try:
             unrestored.record(Path(os.fspath(state_dir)), m.id or "", plan.failed + w.failed)
         except OSError as exc:
@@ -1596,19 +1601,60 @@ def _place_links(plan: _Planner, w: _Writer, res: RestoreResult) -> None:
             w.facts[e] = statcache.stat_facts(st)
 
 
-def _seed_state(sdir: Path, store: Store, m: Manifest, facts: dict[Entry, statcache.Facts]) -> None:
+def _seed_state(sdir: Path, store: Store, m: Manifest, facts: dict[Entry, statcache.Facts], *,
+                locked: bool = False) -> None:
     """Tell the stat cache what is now on disk, so the next checkpoint need not re-read restored files.
 
     Every manifest entry is listed (the cache must describe the whole snapshot it claims to match), but only
     files and links this restore wrote get stat facts, taken right after writing them (an fstat of the open
     file, or an lstat after the rename); everything else is re-examined by the next checkpoint. The manifest's
     stored size goes in too: with it the next checkpoint knows the cache describes the store's newest snapshot
-    and compares with the cache alone, without fetching and decoding the manifest again.
+    and compares with the cache alone, without fetching and decoding the manifest again. ``locked``: the
+    caller holds the state dir's lock.
+
+    Never fails the restore: the cache is only a shortcut for the next checkpoint, which re-reads the files
+    without it (e.g. when the node-local state directory is full).
     """
-    size: int | None = None
-    if m.name is not None:
+    try:
+        size: int | None = None
+        if m.name is not None:
+            try:
+                size = store.size(m.name.key)
+            except StoreError as exc:
+                log.debug("fractfs: restore: size of %s unknown (%s)", m.name.key, exc)
+        statcache.seed(sdir, m, None, facts=facts, snapshot_size=size, locked=locked)
+    except OSError as exc:
+        log.warning("fractfs: restore: could not record the restored files in %s (%s); the next "
+                    "checkpoint reads them again", sdir, exc)
+
+
+def _seed_later(sdir: Path, store: Store, m: Manifest, facts: dict[Entry, statcache.Facts]
+                ) -> threading.Thread | None:
+    """_seed_state on a thread of its own, under the state dir's lock taken here, before returning: a
+    checkpoint (of this process or another one) that starts meanwhile waits for the cache instead of finding
+    none and re-reading every file. The files' facts were taken when they were written, so an app that
+    changes one meanwhile is seen by that checkpoint all the same."""
+    lock = statcache.StateLock(sdir)
+    try:
+        private_dir(sdir)
+        lock.__enter__()
+    except OSError as exc:
+        log.warning("fractfs: restore: cannot lock %s (%s); the next checkpoint reads the restored files again",
+                    sdir, exc)
+        return None
+
+    def run() -> None:
         try:
-            size = store.size(m.name.key)
-        except StoreError as exc:
-            log.debug("fractfs: restore: size of %s unknown (%s)", m.name.key, exc)
-    statcache.seed(sdir, m, None, facts=facts, snapshot_size=size)
+            with gcpause.paused():
+                _seed_state(sdir, store, m, facts, locked=True)
+        except BaseException:  # noqa: BLE001 - a thread's last resort: say what went wrong, keep the app up
+            log.exception("fractfs: restore: writing the stat cache failed; the next checkpoint reads the "
+                          "restored files again")
+        finally:
+            lock.__exit__()
+
+    # not a daemon: an interpreter that exits right after init() still finishes the cache (a fraction of a
+    # second) rather than leave the next start to re-read every file
+    t = threading.Thread(target=run, name="fractfs-seed")
+    t.start()
+    return t

@@ -237,7 +237,8 @@ class StateLock:
 
 
 def seed(state_dir: Path, m: Manifest, facts_of: Optional[Callable[[Entry], Optional[Facts]]], *,
-         facts: Optional[dict[Entry, Facts]] = None, snapshot_size: Optional[int] = None) -> None:
+         facts: Optional[dict[Entry, Facts]] = None, snapshot_size: Optional[int] = None,
+         locked: bool = False) -> None:
     """Describe snapshot ``m`` as now on disk, after a restore wrote (some of) it.
 
     Every manifest entry is listed, since the cache must describe the whole snapshot it claims to match;
@@ -247,6 +248,7 @@ def seed(state_dir: Path, m: Manifest, facts_of: Optional[Callable[[Entry], Opti
     checkpoint trust the cache as describing the store's newest snapshot (see the engine's ``synced``)
     instead of fetching that manifest again. When every entry has facts, the header also carries
     :func:`.scan.records_digest` of them (``expect``): the first checkpoint's walk then only has to match it.
+    ``locked``: the caller holds the :class:`StateLock` (a restore that seeds on a thread takes it first).
     """
     private_dir(state_dir)  # 0700 from creation: the rows hold every file's sha256 (docs/security.md)
     raw: RawRows = {}
@@ -297,5 +299,8 @@ def seed(state_dir: Path, m: Manifest, facts_of: Optional[Callable[[Entry], Opti
                 digest.add(a, rec)
         expect = digest.hexdigest()
     hdr = CacheHeader(snapshot=m.id, snapshot_size=snapshot_size, files=files, bytes=nbytes, expect=expect)
+    if locked:
+        write_raw(state_dir, hdr, raw)
+        return
     with StateLock(state_dir):
         write_raw(state_dir, hdr, raw)
