@@ -166,7 +166,8 @@ def test_a_checkpoint_waits_for_the_stat_cache_a_restore_writes_in_the_backgroun
     monkeypatch.setattr(statcache, "write_raw", write_raw)
     dst = tmp_path / "fresh"
     out = restore(store, {"root": dst}, state_dir=tmp_path / "s2", seed_in_background=True)
-    assert len(out.restored) == 30 and out.seeding is not None and out.seeding.is_alive()
+    assert len(out.restored) == 30 and out.seeding is not None
+    out.seeding.start()  # the caller starts it (init() does once its own threads run)
 
     def boom(*_a: Any, **_k: Any) -> Any:
         raise AssertionError("the checkpoint did not wait for the restore's stat cache")

@@ -219,9 +219,15 @@ class Runtime:
                 self._warn_superseded(newest)
         except BaseException:
             self._release_quietly()  # init failed: don't leave others waiting for our heartbeat to stop
+            if self._seeding is not None:
+                self._seeding.start()  # it releases the state lock when done
             raise
-        self._start_threads(start_daemon)
-        self._persist_status()
+        try:
+            self._start_threads(start_daemon)
+            self._persist_status()
+        finally:
+            if self._seeding is not None:
+                self._seeding.start()  # the stat cache, last (see snapshot.restore): it holds the state lock
         log.info("fractfs: ready (root %s, store %s, %s sync, %d bundle files ignored%s)",
                  cfg.root, cfg.checkpoint_location, self.sync_mode, len(self.bundle),
                  "" if not start_daemon or self.lease.held else ", read-only: another node holds the lease")

@@ -67,8 +67,8 @@ class RestoreResult:
     fell_back_from: list[str] = field(default_factory=list)
     bytes: int = 0
     duration: float = 0.0
-    #: With ``seed_in_background``: the thread writing the stat cache (holding the state dir's lock until it
-    #: is written), or None.
+    #: With ``seed_in_background``: the thread that writes the stat cache, not started yet (the caller starts
+    #: it, and must), which holds the state dir's lock until the cache is written; or None.
     seeding: threading.Thread | None = field(default=None, repr=False, compare=False)
 
 
@@ -977,9 +977,10 @@ def restore(
     checkpoint after the restore does not re-read everything that was just written. ``manifest``: the snapshot
     to restore when the caller has already loaded it (verified, e.g. by ``catalog.newest_valid``), so it is not
     fetched and decoded a second time; the caller then reports any fallback itself. ``seed_in_background``:
-    return once the files are in place and write the stat cache on a thread (``RestoreResult.seeding``) that
-    holds the state dir's lock meanwhile, so a checkpoint that starts waits for it (init() does this: the
-    cache only serves the first checkpoint, and writing it took a sixth of a cold start).
+    return once the files are in place, and leave writing the stat cache to a thread (``RestoreResult.seeding``,
+    for the caller to start) that holds the state dir's lock meanwhile, so a checkpoint that starts waits for
+    it (init() does this, once its own threads are started: the cache only serves the first checkpoint, and
+    writing it took a sixth of a cold start).
     """
     with gcpause.paused():  # a cold start makes a few objects per file and keeps them all: see gcpause
         return _restore(store, areas, snapshot_id=snapshot_id, overwrite=overwrite, dry_run=dry_run,
@@ -1630,7 +1631,7 @@ def _seed_state(sdir: Path, store: Store, m: Manifest, facts: dict[Entry, statca
 
 def _seed_later(sdir: Path, store: Store, m: Manifest, facts: dict[Entry, statcache.Facts]
                 ) -> threading.Thread | None:
-    """_seed_state on a thread of its own, under the state dir's lock taken here, before returning: a
+    """_seed_state on a thread of its own (returned unstarted), under the state dir's lock taken here: a
     checkpoint (of this process or another one) that starts meanwhile waits for the cache instead of finding
     none and re-reading every file. The files' facts were taken when they were written, so an app that
     changes one meanwhile is seen by that checkpoint all the same."""
@@ -1653,8 +1654,8 @@ def _seed_later(sdir: Path, store: Store, m: Manifest, facts: dict[Entry, statca
         finally:
             lock.__exit__()
 
-    # not a daemon: an interpreter that exits right after init() still finishes the cache (a fraction of a
-    # second) rather than leave the next start to re-read every file
-    t = threading.Thread(target=run, name="fractfs-seed")
-    t.start()
-    return t
+    # Not started here: the caller starts it once its own start-up system calls are done (a thread busy in
+    # Python slows a thread making many system calls, which gives up the GIL at each one). Not a daemon: an
+    # interpreter that exits right after init() still finishes the cache (a fraction of a second) rather than
+    # leave the next start to re-read every file.
+    return threading.Thread(target=run, name="fractfs-seed")
