@@ -109,6 +109,10 @@ class Node:
             "fractfs_SYNC_INTERVAL": "3600",
             "fractfs_SYNC_MODE": "interval",  # checkpoints when the test says so (or by interval), not on change
             "fractfs_LEASE_TIMEOUT": "2",
+            # every cold start of these apps restores through the helper process (snapshot/helper.py), which
+            # production uses from 4096 small files on: the whole-app suites (hostile manifests, crashes,
+            # lifecycle) then cover it, while the in-process snapshot tests cover the single-process path
+            "fractfs_RESTORE_HELPER_MIN_FILES": "1",
         })
         if "://" in self.volume:
             env["fractfs_BACKEND"] = "s3"
