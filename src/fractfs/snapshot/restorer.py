@@ -1476,7 +1476,9 @@ def _fetch_and_write(store: Store, files: list[tuple[Entry, str]], w: _Writer, t
     futex, so 16 writers made 690 000 futex calls for 20 000 files and the restore took twice as long as with
     one writer (2.0 s against 1.1 s of wall time, and three times the system time; see the cold_start
     benchmark). The fetching threads only wait on the store, and hand whole ranges over (no hand-off per file).
-    Big files (chunked, or objects) are written by the threads that fetch them: a few large writes each.
+    From :func:`.helper.min_files` small files on, that thread shares the writing with a helper process
+    (:mod:`.helper`), which puts the second core to work. Big files (chunked, or objects) are written by the
+    threads that fetch them: a few large writes each.
     """
     by_pack: dict[str, list[tuple[Entry, str]]] = {}
     empty: list[tuple[Entry, str]] = []
