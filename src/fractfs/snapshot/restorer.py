@@ -9,10 +9,10 @@ the restore inside its area is that nothing is ever written *through* one.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import hashlib
-import collections
 import itertools
 import logging
 import os
@@ -136,8 +136,9 @@ class _Writer:
 
     Phase 1 (``write_run`` in one thread; ``write_object`` and chunked files in parallel). A file whose
     directory this restore made (see :class:`_Planner`: such directories live under a temporary name until
-    phase 2) is written straight to its name there, relative to a directory fd, with its mode and mtime, and its stat facts are
-    noted for the stat cache. Any other file goes to a temp file next to its final name and is *staged*.
+    phase 2) is written straight to its name there, relative to a directory fd, with its mode and mtime, and
+    its stat facts are noted for the stat cache. Any other file goes to a temp file next to its final name and
+    is *staged*.
     No fsync. Phase 2 (``place_all``): one flush of the whole filesystem (syncfs), then every staged file is
     renamed into place and every directory tree the restore built is renamed to its final name. A final name
     therefore never holds incomplete bytes even after a power cut, as with a per-file fsync, but costs one
