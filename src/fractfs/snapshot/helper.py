@@ -98,7 +98,7 @@ class Helper:
         # Writes do not block either: what the pipe cannot take yet waits in ``outbuf`` and the helper counts
         # as busy until it is gone, so this process writes files itself instead of waiting.
         os.set_blocking(self.wfd, False)
-        self.outbuf = memoryview(b"")
+        self.outbuf: list[memoryview] = []  # a message's length, then its body: never copied into one
         #: bytes of file data per batch: a batch and its paths fit in the pipe (see _grow_pipe)
         self.batch_bytes = max(4096, min(BATCH_BYTES, _grow_pipe(self.wfd) // 2 - 64 * BATCH_FILES))
         self.pending: dict[int, list[Item]] = {}
@@ -126,9 +126,13 @@ class Helper:
 
     def _flush(self) -> None:
         """Write what the pipe takes of ``outbuf`` without waiting."""
+        out = self.outbuf
         try:
-            while self.outbuf:
-                self.outbuf = self.outbuf[os.write(self.wfd, self.outbuf):]
+            while out:
+                n = os.write(self.wfd, out[0])
+                out[0] = out[0][n:]
+                if not out[0]:
+                    del out[0]
         except BlockingIOError:
             pass
         except OSError as exc:  # BrokenPipeError: it died
@@ -144,7 +148,7 @@ class Helper:
         if self.dead:
             return False
         body = marshal.dumps((bid, wire), 4)
-        self.outbuf = memoryview(len(body).to_bytes(8, "little") + body)
+        self.outbuf = [memoryview(len(body).to_bytes(8, "little")), memoryview(body)]
         self._flush()
         return not self.dead
 
