@@ -61,9 +61,12 @@ def min_files() -> int:
 
 def _interpreter() -> str | None:
     """The interpreter to start the helper with, or None when there is no plain one (frozen apps, embedded
-    interpreters such as uWSGI, whose sys.executable is the server)."""
+    interpreters such as uWSGI, whose sys.executable is the server) or no script file to give it (fractfs
+    imported from a zip archive)."""
     exe = sys.executable
     if getattr(sys, "frozen", False) or not exe or not os.path.basename(exe).startswith("python"):
+        return None
+    if not _SCRIPT.is_file():
         return None
     return exe if os.access(exe, os.X_OK) else None
 
@@ -71,8 +74,9 @@ def _interpreter() -> str | None:
 def _grow_pipe(fd: int) -> int:
     """Make the pipe to the helper hold a whole batch, if the system allows; its size in bytes.
 
-    A batch larger than the pipe makes this process wait in write() until the helper has read it, which it
-    only does after the batch before: the two would take turns instead of working at once."""
+    Of a batch larger than the pipe, the rest waits here until the helper has read the start, which it only
+    does after the batch before; meanwhile it counts as busy, so fewer batches go to it (with a 64 KiB pipe
+    and 1 MiB batches this process waited in write() and the two took turns instead of working at once)."""
     size = 64 << 10  # Linux's default
     if sys.platform.startswith("linux"):
         import fcntl
