@@ -613,3 +613,40 @@ def test_first_checkpoint_after_a_restore_into_existing_directories_skips_the_fu
     write(dst["root"], "a/f1", "edited")
     res = checkpoint(store, dst, everything, state_dir=tmp_path / "s")
     assert res.stored == ["root:a/f1"]
+
+
+def test_a_tree_that_cannot_be_renamed_into_place_fails_its_files_alone(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The files written inside a directory tree the restore built are only known by their state per entry
+    (no list of them is kept): if that tree cannot be renamed to its final name, each of them is an error, the
+    tree is removed, the other trees are in place, and the stat cache claims no facts for the missing files."""
+    import errno
+    import re
+
+    from fractfs.snapshot import restorer, statcache
+
+    store = make_store(tmp_path)
+    src = _areas(tmp_path)
+    for name in ("keep/a", "keep/b", "lost/c", "lost/deep/d"):
+        write(src["root"], name, f"content of {name}")
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    dst = _areas(tmp_path, "fresh")
+    dst["root"].mkdir()
+    real = restorer._Writer._rename_new
+
+    def refuse_lost(self: Any, tmp: str, dest: str) -> bool:
+        if dest.endswith("/lost") and re.search(r"-d\d+$", tmp):
+            raise OSError(errno.EACCES, "Permission denied", dest)
+        return bool(real(self, tmp, dest))
+
+    monkeypatch.setattr(restorer._Writer, "_rename_new", refuse_lost)
+    out = restore(store, dst, state_dir=tmp_path / "s")
+    assert out.restored == ["root:keep/a", "root:keep/b"], out
+    assert sorted(out.errors) == ["root:lost/c: cannot move into place: Permission denied",
+                                  "root:lost/deep/d: cannot move into place: Permission denied"]
+    assert sorted(p.name for p in dst["root"].iterdir()) == ["keep"] and temp_leftovers(dst["root"]) == []
+    hdr, at = statcache.read_header(tmp_path / "s")
+    assert hdr is not None and hdr.expect is None
+    rows = statcache.read_rows(tmp_path / "s", hdr, at)
+    assert rows is not None and rows["root"]["keep/a"].facts is not None
+    assert rows["root"]["lost/c"].facts is None and rows["root"]["lost/deep/d"].facts is None

@@ -1,9 +1,12 @@
 """The stat cache (snapshot/statcache.py): named rows, load/save, damage handling, the state lock, seeding."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -157,13 +160,13 @@ def test_a_checkpoint_waits_for_the_stat_cache_a_restore_writes_in_the_backgroun
     store = PosixStore(tmp_path / "store")
     checkpoint(store, {"root": src}, lambda *_: True, state_dir=tmp_path / "state")
 
-    slow_write = statcache.write_raw
+    slow_rows = statcache._seed_rows
 
-    def write_raw(*a: Any, **k: Any) -> None:
+    def seed_rows(*a: Any, **k: Any) -> Any:
         time.sleep(0.5)  # the seed is still running when the checkpoint below starts
-        slow_write(*a, **k)
+        return slow_rows(*a, **k)
 
-    monkeypatch.setattr(statcache, "write_raw", write_raw)
+    monkeypatch.setattr(statcache, "_seed_rows", seed_rows)
     dst = tmp_path / "fresh"
     out = restore(store, {"root": dst}, state_dir=tmp_path / "s2", seed_in_background=True)
     assert len(out.restored) == 30 and out.seeding is not None
@@ -177,3 +180,144 @@ def test_a_checkpoint_waits_for_the_stat_cache_a_restore_writes_in_the_backgroun
     res = checkpoint(store, {"root": dst}, lambda *_: True, state_dir=tmp_path / "s2")
     assert res.snapshot_id is None and res.files == 30
     assert not out.seeding.is_alive()
+# -- the payload in batches (cache version 3) ------------------------------------------------------------
+
+def _plain_row(i: int) -> tuple[object, ...]:
+    return ("file", 0o644, i, 7, "ab" * 32, "", 0, "", "", False, (), (0o100644, i, 7, 1000 + i, 9), None)
+
+
+def _frames(path: Path) -> list[int]:
+    """Byte lengths of the payload's batches, read the way the layout says (docs/format.md)."""
+    data = path.read_bytes()
+    at = data.index(b"\n") + 1
+    out = []
+    while at < len(data):
+        n = int.from_bytes(data[at:at + 4], "little")
+        out.append(n)
+        at += 4 + n
+    assert at == len(data)
+    return out
+
+
+def test_payload_is_written_and_read_in_batches(tmp_path: Path) -> None:
+    n = 2 * statcache.BATCH_ROWS + 5
+    raw = {"root": {f"d/f{i}": _plain_row(i) for i in range(n)}, "cache": {"x": _plain_row(1)}}
+    statcache.write_raw(tmp_path, CacheHeader(snapshot="s", files=n + 1), raw)
+    assert len(_frames(tmp_path / statcache.CACHE_FILE)) == 4  # three batches of "root", one of "cache"
+    hdr, at = statcache.read_header(tmp_path)
+    assert hdr is not None and hdr.files == n + 1
+    assert statcache.read_raw(tmp_path, hdr, at) == raw
+    rows = statcache.read_rows(tmp_path, hdr, at)
+    assert rows is not None and rows["root"]["d/f7"].facts == (0o100644, 7, 7, 1007, 9)
+
+
+def test_a_damaged_or_cut_batch_makes_the_cache_ignored_not_trusted(tmp_path: Path) -> None:
+    raw = {"root": {f"f{i}": _plain_row(i) for i in range(3 * statcache.BATCH_ROWS)}}
+    statcache.write_raw(tmp_path, CacheHeader(snapshot="s"), raw)
+    path = tmp_path / statcache.CACHE_FILE
+    good = path.read_bytes()
+    hdr, at = statcache.read_header(tmp_path)
+    assert hdr is not None and statcache.read_raw(tmp_path, hdr, at) == raw
+    first = _frames(path)[0]
+    middle = at + 4 + first + 4 + 100  # inside the second batch
+    for damaged in (good[:middle] + bytes([good[middle] ^ 1]) + good[middle + 1:],  # a flipped bit
+                    good[:-10],  # cut short
+                    good[:at + 4 + first]):  # whole batches missing
+        path.write_bytes(damaged)
+        assert statcache.read_raw(tmp_path, hdr, at) is None
+        assert statcache.read_rows(tmp_path, hdr, at) is None
+    # a payload whose checksum matches but whose batches do not parse (another writer's bug): still ignored
+    for body in (good[at:at + 4 + first] + b"\x05\x00\x00\x00ab",  # ends inside a batch
+                 (3).to_bytes(4, "little") + __import__("marshal").dumps([1])):  # not (area, rows)
+        path.write_bytes(good[:at] + body)
+        hdr.payload_sha256 = hashlib.sha256(body).hexdigest()
+        assert statcache.read_raw(tmp_path, hdr, at) is None
+
+
+def test_a_cache_of_the_previous_version_is_ignored(tmp_path: Path) -> None:
+    """Version 2 stored the rows as one marshal'd dict: read as batches it would be nonsense, so its header is
+    refused and the files are read again."""
+    payload = __import__("marshal").dumps({"root": {"a": _plain_row(1)}}, 4)
+    head = json.dumps({"magic": statcache.CACHE_MAGIC, "v": 2, "snapshot": "s", "files": 1,
+                       "payload_sha256": hashlib.sha256(payload).hexdigest()}).encode()
+    (tmp_path / statcache.CACHE_FILE).write_bytes(head + b"\n" + payload)
+    assert statcache.read_header(tmp_path) == (None, 0)
+
+
+def test_header_written_last_may_take_counts_known_only_at_the_end(tmp_path: Path) -> None:
+    hdr = CacheHeader(snapshot="000000000001-" + "a" * 64, snapshot_size=5)
+    with statcache.writing(tmp_path, hdr) as put:
+        put("root", {"a": _plain_row(1)})
+        hdr.files, hdr.bytes, hdr.expect, hdr.digest = 10**12, 2**80, "e" * 64, "d" * 64
+    got, at = statcache.read_header(tmp_path)
+    assert got == hdr and statcache.read_raw(tmp_path, got, at) == {"root": {"a": _plain_row(1)}}
+    # a field that was not given room must not grow: the writer refuses, the old cache stays, no temp left
+    before = (tmp_path / statcache.CACHE_FILE).read_bytes()
+    short = CacheHeader(snapshot="s")
+    with pytest.raises(ValueError, match="room"), statcache.writing(tmp_path, short) as put:
+        put("root", {"b": _plain_row(2)})
+        short.snapshot = "s" * 1000
+    assert (tmp_path / statcache.CACHE_FILE).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [statcache.CACHE_FILE]
+
+
+def test_write_header_copies_the_payload_and_refuses_one_that_changed(tmp_path: Path) -> None:
+    raw = {"root": {f"f{i}": _plain_row(i) for i in range(5000)}}
+    statcache.write_raw(tmp_path, CacheHeader(snapshot="s"), raw)
+    hdr, at = statcache.read_header(tmp_path)
+    assert hdr is not None
+    hdr.digest = "d" * 64
+    statcache.write_header(tmp_path, hdr, at)
+    got, at2 = statcache.read_header(tmp_path)
+    assert got is not None and got.digest == "d" * 64 and statcache.read_raw(tmp_path, got, at2) == raw
+    before = (tmp_path / statcache.CACHE_FILE).read_bytes()
+    got.payload_sha256 = "0" * 64  # as if another writer had replaced the rows meanwhile
+    with pytest.raises(OSError, match="changed while in use"):
+        statcache.write_header(tmp_path, got, at2)
+    assert (tmp_path / statcache.CACHE_FILE).read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [statcache.CACHE_FILE]
+
+
+def test_seed_writes_rows_as_it_makes_them(tmp_path: Path) -> None:
+    """A cold start seeds a row per file: the seed must hold one batch at a time, never every row and the
+    whole encoded payload (at a million files that was the restore's peak memory, issue 13)."""
+    n = 60_000
+    entries = [Entry("root", f"d{i // 40:04d}/f{i:06d}", FILE, mode=0o644, mtime_ns=1_700_000_000_000_000_000 + i,
+                     sha256="e" * 64) for i in range(n)]
+    m = Manifest(seq=1, created_ns=1, node="n", parent=None, entries=entries)
+    m.name = encode_manifest(m)[0]
+    facts = statcache.FactsTable(n)
+    for i in range(n):
+        facts.set(i, (0o100644, 0, 1_700_000_000_000_000_000 + i, 10_000_000 + i, 1_700_000_000_000_000_000 + i))
+    tracemalloc.start()
+    try:
+        statcache.seed(tmp_path / "s", m, None, facts=facts, snapshot_size=1)
+        _cur, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    size = (tmp_path / "s" / statcache.CACHE_FILE).stat().st_size
+    assert size > 4 << 20
+    # before: every row and the payload at once, about 4x the file (30 MB here); now a batch of rows, its
+    # encoding and the expect digest's buffer, about 2 MB whatever the number of entries
+    assert peak < size // 2, (peak, size)
+    hdr, at = statcache.read_header(tmp_path / "s")
+    assert hdr is not None and hdr.files == n and hdr.expect and len(_frames(tmp_path / "s" / statcache.CACHE_FILE)) > 1
+    rows = statcache.read_rows(tmp_path / "s", hdr, at)
+    assert rows is not None and len(rows["root"]) == n
+    assert rows["root"]["d0010/f000400"].facts == facts.get(400)
+
+
+def test_facts_table_keeps_facts_by_position_and_what_arrays_cannot_hold(tmp_path: Path) -> None:
+    t = statcache.FactsTable(4)
+    assert len(t) == 4 and [t.get(i) for i in range(4)] == [None] * 4
+    t.set(0, (0o100644, 3, -5, 2**64 - 1, 9))  # inode numbers are unsigned 64-bit, times may be negative
+    t.set(1, (0o100644, 3, 2**70, 1, 9))  # a timestamp no 64-bit field holds
+    p = tmp_path / "f"
+    p.write_text("x")
+    st = os.lstat(p)
+    t.set_stat(2, st)
+    assert t.get(0) == (0o100644, 3, -5, 2**64 - 1, 9) and t.get(1) == (0o100644, 3, 2**70, 1, 9)
+    assert t.get(2) == statcache.stat_facts(st) and t.get(3) is None
+    t.clear(1)
+    t.clear(2)
+    assert t.get(1) is None and t.get(2) is None and t.odd == {}

@@ -12,7 +12,10 @@ import hashlib
 import os
 import stat
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 #: Modes of what fractfs creates on the node for itself (docs/security.md).
 PRIVATE_FILE = 0o600
@@ -53,20 +56,27 @@ def private_dir(path: str | os.PathLike[str]) -> None:
 
 
 def write_replace(path: Path, *chunks: bytes, durable: bool = False) -> None:
-    """Write ``chunks`` to ``path`` through a temp file beside it and a rename.
+    """Write ``chunks`` to ``path`` through a temp file beside it and a rename (see :func:`replacing`)."""
+    with replacing(path, durable=durable) as f:
+        for chunk in chunks:
+            f.write(chunk)
 
-    Readers (another process, a restart) see the old content or the new, never part of it. The file is private
-    (0600) from its creation on. If anything fails,
-    the temp file is removed: on a full disk a partial copy would only take the room the next attempt needs.
-    The temp name carries the process and thread, so concurrent writers never share one. ``durable`` fsyncs
-    the bytes before the rename (for records a crash must not lose, not for caches).
+
+@contextmanager
+def replacing(path: Path, *, durable: bool = False) -> Iterator[BinaryIO]:
+    """A new private file that replaces ``path`` when the ``with`` block ends without an exception.
+
+    Readers (another process, a restart) see the old content or the new, never part of it: the bytes go to a
+    temp file beside ``path``, renamed over it at the end. The file is private (0600) from its creation on. If
+    anything fails, the temp file is removed: on a full disk a partial copy would only take the room the next
+    attempt needs. The temp name carries the process and thread, so concurrent writers never share one.
+    ``durable`` fsyncs the bytes before the rename (for records a crash must not lose, not for caches).
     """
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
     try:
         unlink_if_present(tmp)  # a leftover of a crashed writer with this pid and thread: O_EXCL needs it gone
         with os.fdopen(create_private(tmp), "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
+            yield f
             if durable:
                 f.flush()
                 os.fsync(f.fileno())

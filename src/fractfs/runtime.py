@@ -190,6 +190,7 @@ class Runtime:
             self.warnings.extend(self.report.warnings)
         self.store = self._open_store()
         from .snapshot import catalog
+        from .snapshot.format import DIR
 
         # Take the lease (or learn who has it) before restoring: a node that holds it knows nobody else is
         # committing while it reads. A node that does not hold it still restores (reading is always safe:
@@ -209,8 +210,10 @@ class Runtime:
             finally:
                 self._newest_pending = False
             if cfg.auto_ignore_bundle:
-                known = {rel for area, rel in newest.paths() if area == "root"} if newest else set()
-                self.bundle = detect_bundle(cfg, self.resolver, known)
+                # made and dropped here, not kept through the restore (a string slot per file), and without
+                # Manifest.paths()'s set of every (area, path) on the way
+                self.bundle = detect_bundle(cfg, self.resolver, {
+                    e.path for e in (newest.entries if newest else ()) if e.area == "root" and e.type != DIR})
             save_bundle(cfg, self.bundle)
             if restore:
                 self.restore_info = self._restore(newest, damaged)

@@ -48,7 +48,11 @@ def decode(name: SnapName, data: bytes) -> Manifest:
 def _from_v2(name: SnapName, m2: manifest2.Manifest2) -> Manifest:
     """The v2 columns as entries (one tuple per entry, made without NamedTuple's keyword machinery: a cold
     start converts one per file). Refused entries become ``bad`` messages, as in v1."""
-    areas, paths, kinds, modes, sizes, mtimes = m2.areas, m2.paths, m2.kinds, m2.modes, m2.sizes, m2.mtimes
+    areas, paths, kinds, sizes, mtimes = m2.areas, m2.paths, m2.kinds, m2.sizes, m2.mtimes
+    # json makes an int object per number, and entries keep theirs: one object per distinct mode (a tree has a
+    # few) instead of one per entry saves 32 bytes a file (a cold start of a million files holds them all)
+    shared: dict[Any, Any] = {}
+    modes = [shared.setdefault(x, x) for x in m2.modes]
     e_area, start, nch = m2.entry_area, m2.chunk_start, m2.nchunks
     packs, c_pack, c_off, c_sha = m2.packs, m2.c_pack, m2.c_off, m2.c_sha
     refused, sqlite, targets = m2.refused, m2.sqlite, m2.targets

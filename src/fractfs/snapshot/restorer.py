@@ -24,7 +24,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Container, Union
 
 from ..localfile import create_private, private_dir, unlink_if_present
 from ..errors import RestoreError, StoreError, StoreNotFound
@@ -32,6 +32,7 @@ from ..stores.base import Store
 from . import catalog, chunked, gcpause, helper, statcache, unrestored
 from .helper import Helper
 from .format import DIR, SQLITE_SIDECARS, SYMLINK, ChunkRef, Entry, Manifest, object_key, pack_key, valid_area
+from .positions import EntryPositions
 from .scan import TMP_PREFIX, Want
 
 log = logging.getLogger("fractfs")
@@ -53,6 +54,10 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 #: A new file: never through a symlink, never over an existing name.
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_NOFOLLOW | _O_CLOEXEC
+#: What became of an entry (_Writer.state): written under its final name inside a directory tree the restore
+#: built and not yet renamed into place; in place under its final name.
+_DIRECT = 1
+_RESTORED = 2
 
 
 @dataclass
@@ -146,24 +151,26 @@ class _Writer:
     directory costs four system calls and no rename (see docs/format.md, "Restore").
     """
 
-    def __init__(self, overwrite: bool, store: Store, plan: _Planner):
+    def __init__(self, overwrite: bool, store: Store, plan: _Planner, entries: list[Entry]):
         self.overwrite = overwrite
         self.store = store  # for one more read after a hash mismatch
         self.plan = plan
         self.abort = threading.Event()
         self.lock = threading.Lock()
         self.staged: list[tuple[str, str, Entry]] = []  # (temp path, final path, entry)
-        #: Files written in place inside a directory tree the restore built: (entry, final path).
-        self.direct: list[tuple[Entry, str]] = []
-        self.restored: list[str] = []
+        # What happened to each entry is kept by its position in the manifest's ``entries`` (EntryPositions
+        # finds it), in flat arrays: a cold start of a million files would otherwise hold a dict entry, a
+        # tuple and Python ints per file here (docs/architecture.md, "Memory of a cold start").
+        self.positions = EntryPositions(entries)
+        #: per entry: 0, _DIRECT or _RESTORED
+        self.state = bytearray(len(entries))
+        #: stat facts of what this restore put there, for the stat cache
+        self.facts = statcache.FactsTable(len(entries))
         self.skipped: list[str] = []
         self.errors: list[str] = []
         self.failed: list[Entry] = []  # entries not written for a reason other than a local file in the way
         self.bytes = 0
         self.touched_dirs: set[str] = set()
-        #: entry -> stat facts of what this restore put there, for the stat cache (keyed by the manifest's own
-        #: Entry objects: no key object per file)
-        self.facts: dict[Entry, statcache.Facts] = {}
         self.run_id = plan.run_id
         self.counter = itertools.count()
         # Files are created with their final mode when the umask leaves it intact, saving an fchmod per file
@@ -296,13 +303,23 @@ class _Writer:
                 self._record_direct(done)
 
     def _record_direct(self, done: list[tuple[Entry, str, os.stat_result]]) -> None:
-        self._record_facts([(e, dest, (st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
-                            for e, dest, st in done])
+        of = self.positions.of
+        found = [(of(e), st) for e, _dest, st in done]
+        with self.lock:  # once per run, not per file
+            state, set_stat = self.state, self.facts.set_stat
+            for i, st in found:
+                state[i] = _DIRECT
+                set_stat(i, st)
 
     def _record_facts(self, done: list[tuple[Entry, str, statcache.Facts]]) -> None:
+        """:meth:`_record_direct` of files whose facts came as tuples (from the helper process)."""
+        of = self.positions.of
+        found = [(of(e), f) for e, _dest, f in done]
         with self.lock:  # once per run, not per file
-            self.direct.extend((e, dest) for e, dest, _f in done)
-            self.facts.update({e: f for e, _dest, f in done})
+            state, set_facts = self.state, self.facts.set
+            for i, f in found:
+                state[i] = _DIRECT
+                set_facts(i, f)
 
     # -- sharing small files with the helper process (see helper.py) ------------------------------------
     def write_shared(self, items: list[tuple[Entry, str]], buf: memoryview | None, base: int,
@@ -709,18 +726,21 @@ class _Writer:
 
         def place_run(items: list[tuple[str, str, Entry]]) -> None:
             placed = [(dest, e) for tmp, dest, e in items if place((tmp, dest, e))]
-            facts = {}
+            found: list[tuple[int, os.stat_result | None]] = []
             for dest, e in placed:
                 # after the rename, which moves the ctime the stat cache compares
                 try:
-                    facts[e] = statcache.stat_facts(os.lstat(dest))
+                    st: os.stat_result | None = os.lstat(dest)
                 except OSError:
-                    pass
+                    st = None
+                found.append((self.positions.of(e), st))
             with self.lock:  # once per run, not per file: 16 threads queueing on it showed in profiles
-                self.restored.extend(e.label for _dest, e in placed)
+                for i, st in found:
+                    self.state[i] = _RESTORED
+                    if st is not None:
+                        self.facts.set_stat(i, st)
                 self.bytes += sum(e.size for _dest, e in placed)
                 self.touched_dirs.update(os.path.dirname(dest) for dest, _e in placed)
-                self.facts.update(facts)
 
         # Runs of neighbouring files per task: one pool task per file cost more in futures and thread
         # hand-offs than the rename itself, and neighbours share a directory, whose lock the kernel takes.
@@ -736,17 +756,10 @@ class _Writer:
         """Rename each directory tree the restore built (under a temp name) to its final name: one rename
         puts all of its files in place at once. Something that appeared at that name meanwhile is never
         clobbered: the tree is then merged into it file by file, without replacing anything."""
-        under: dict[str, list[tuple[Entry, str]]] = {}
-        tops = {final for _tmp, final in trees}
-        top_of: dict[str, str] = {}  # parent directory -> its tree: one lookup per directory, not per file
-        for e, dest in self.direct:
-            parent = dest.rpartition("/")[0]
-            top = top_of.get(parent)
-            if top is None:
-                top = top_of[parent] = self.plan.tree_of(dest, tops)
-            under.setdefault(top, []).append((e, dest))
+        #: final path of each tree's top -> None (placed), "" (to merge) or why it could not be renamed
+        outcome: dict[str, str | None] = {}
+        tmp_of = {final: tmp for tmp, final in trees}
         for tmp, final in trees:
-            entries = under.get(final, [])
             try:
                 placed = self._rename_new(tmp, final)
             except OSError as exc:
@@ -755,17 +768,43 @@ class _Writer:
             else:
                 why = ""
             if placed:
-                self.restored.extend([f"{e.area}:{e.path}" for e, _dest in entries])
-                self.bytes += sum([e.size for e, _dest in entries])
+                outcome[final] = None
                 self.touched_dirs.add(os.path.dirname(final))
                 continue
+            outcome[final] = why
             self.plan.forget_modes_under(final)  # not ours to chmod (merged), or not there (failed)
             if why:
-                for e, _dest in entries:
-                    self._fail(e, f"cannot move into place: {why}")
                 _remove_tree(tmp)
-                continue
-            self._merge_tree(tmp, final, entries)
+        # Then the files written in the trees, found by their state (no list of them is kept while writing).
+        # A file's final path is its area's root and its path (as _Planner.add made it), so its tree is found
+        # from its directory, once per directory.
+        entries = self.positions.entries
+        roots = self.plan.targets
+        top_of: dict[tuple[str, str], str] = {}  # (area, parent relpath) -> its tree
+        to_merge: dict[str, list[tuple[Entry, str]]] = {}
+        bytes_placed = 0
+        state = self.state
+        i = -1
+        while (i := state.find(_DIRECT, i + 1)) >= 0:
+            e = entries[i]
+            prel = e.path.rpartition("/")[0]
+            top = top_of.get((e.area, prel))
+            if top is None:
+                parent = f"{roots[e.area]}/{prel}" if prel else roots[e.area]
+                top = top_of[(e.area, prel)] = self.plan.tree_of(parent, outcome.keys())
+            got = outcome.get(top, "")
+            state[i] = 0
+            if got is None:
+                state[i] = _RESTORED
+                bytes_placed += e.size
+            elif got:
+                self.facts.clear(i)
+                self._fail(e, f"cannot move into place: {got}")
+            else:
+                to_merge.setdefault(top, []).append((e, f"{roots[e.area]}/{e.path}"))
+        self.bytes += bytes_placed
+        for final, merging in to_merge.items():
+            self._merge_tree(tmp_of[final], final, merging)
 
     def _merge_tree(self, tmp: str, final: str, entries: list[tuple[Entry, str]]) -> None:
         """``final`` appeared while the restore built ``tmp``: move what the tree holds into it one name at a
@@ -796,15 +835,26 @@ class _Writer:
                     pass
         _remove_tree(tmp)
         for e, dest in entries:
-            self.facts.pop(e, None)  # renamed one by one: their ctime moved
+            i = self.positions.of(e)
+            self.facts.clear(i)  # renamed one by one: their ctime moved
             if dest in moved:
-                self.restored.append(e.label)
+                self.state[i] = _RESTORED
                 self.bytes += e.size
             elif os.path.lexists(dest):
                 self.skipped.append(e.label)
             else:
                 self._fail(e, "its directory was replaced by something else during the restore; not restored")
         self.touched_dirs.add(final)
+
+    def restored_labels(self) -> list[str]:
+        """``"area:path"`` of every entry put in place, in the manifest's order."""
+        entries, state = self.positions.entries, self.state
+        out = []
+        i = -1
+        while (i := state.find(_RESTORED, i + 1)) >= 0:
+            e = entries[i]
+            out.append(f"{e.area}:{e.path}")
+        return out
 
     def _rename_new(self, tmp: str, dest: str) -> bool:
         """Rename ``tmp`` to ``dest`` unless something exists there (False). One renameat2(RENAME_NOREPLACE)
@@ -1022,6 +1072,7 @@ def _restore(store: Store, areas: dict[str, Path], *, snapshot_id: str | None, o
     except BaseException:
         plan.discard_trees()
         raise
+    plan.planned()
     res.refused.extend(plan.refused)
     res.errors.extend(plan.errors)
     res.skipped_existing.extend(plan.skipped)
@@ -1030,7 +1081,7 @@ def _restore(store: Store, areas: dict[str, Path], *, snapshot_id: str | None, o
         res.duration = time.monotonic() - t0
         return res
 
-    w = _Writer(overwrite, store, plan)
+    w = _Writer(overwrite, store, plan, m.entries)
     try:
         _fetch_and_write(store, plan.files, w, max(1, transfers))
     except _DiskFull as df:
@@ -1049,28 +1100,24 @@ def _restore(store: Store, areas: dict[str, Path], *, snapshot_id: str | None, o
     except BaseException:
         w.discard_staged()
         raise
+    # Every file is written: the (entry, final path) of each goes now, before placing (about 210 bytes a
+    # file: a fifth of a GiB at 1 000 000 files). What became of each entry is in w.state.
+    plan.files.clear()
     try:
         w.place_all(sorted(plan.roots_used), max(1, transfers))
     except BaseException:
         w.discard_staged()
         raise
-    res.restored.extend(w.restored)
     res.skipped_existing.extend(w.skipped)
     res.errors.extend(w.errors)
     res.bytes = w.bytes
-    # Every file is written and in place: what only served to get it there goes now, before the stat cache
-    # is seeded (that is the restore's peak: every entry, its facts and the cache's rows and payload at
-    # once). Per file a tuple and the final path in plan.files, another tuple in w.direct and a slot in
-    # w.restored: about 250 bytes a file, a quarter of a GiB at 1 000 000 files.
-    plan.files.clear()
-    w.direct.clear()
-    w.restored.clear()
 
     try:
         _place_links(plan, w, res)
         plan.apply_dir_modes()
         # what the next checkpoint's walk records of a directory: its st_mode alone (see scan.py)
-        w.facts.update({k: (m, 0, 0, 0, 0) for k, m in plan.dir_facts.items()})
+        for d, mode in plan.dir_facts.items():
+            w.facts.set(w.positions.of(d), (mode, 0, 0, 0, 0))
     except OSError as exc:
         if _disk_full(exc):
             raise RestoreError(f"disk full while restoring {getattr(exc, 'filename', '')}: {exc}") from exc
@@ -1093,6 +1140,8 @@ def _restore(store: Store, areas: dict[str, Path], *, snapshot_id: str | None, o
             log.warning("fractfs: restore: could not note in %s which files were not restored (%s); the next "
                         "checkpoint records them as deleted: %s", state_dir, exc,
                         ", ".join(e.label for e in (plan.failed + w.failed)[:10]))
+    # Labels last, after the stat cache is seeded (the restore's peak): a string per restored file.
+    res.restored = w.restored_labels()
     res.restored.sort()
     res.skipped_existing.sort()
     res.duration = time.monotonic() - t0
@@ -1140,9 +1189,15 @@ class _Planner:
         self.run_id = uuid.uuid4().hex[:12]
         self._tree_count = itertools.count()
         self._parents: dict[tuple[str, str], str] = {}  # (area, parent relpath) -> parent's final path
+        #: area -> paths of the files and symlinks planned so far (a path used as a directory too is refused)
         self._nondirs: dict[str, set[str]] = {}
         self._wanted_dirs: dict[tuple[str, str], bool] = {}
         self.roots_used: set[str] = set()
+
+    def planned(self) -> None:
+        """Every entry is added: drop what only served to check them against each other (a path per file)."""
+        self._nondirs.clear()
+        self._wanted_dirs.clear()
 
     def _refuse(self, e: Entry, why: str) -> None:
         log.warning("fractfs: restore: refused %s: %s", e.label, why)
@@ -1301,9 +1356,8 @@ class _Planner:
         if mode == e.mode:  # else the next checkpoint records another mode: let it look
             self.dir_facts[e] = stat.S_IFDIR | mode
 
-    def tree_of(self, path: str, tops: set[str]) -> str:
-        """The tree (final path of its top) that ``path``, a final path in a fresh directory, belongs to."""
-        d = os.path.dirname(path)
+    def tree_of(self, d: str, tops: Container[str]) -> str:
+        """The tree (final path of its top) that directory ``d``, the final path of a fresh directory, is in."""
         while d not in tops:
             up = os.path.dirname(d)
             if up == d:
@@ -1596,16 +1650,17 @@ def _place_links(plan: _Planner, w: _Writer, res: RestoreResult) -> None:
             except OSError:
                 pass
         w.touched_dirs.add(os.path.dirname(dest))
-        res.restored.append(e.label)  # verbatim, wherever it points: nothing is written through it
+        i = w.positions.of(e)
+        w.state[i] = _RESTORED  # verbatim, wherever it points: nothing is written through it
         try:
             st = os.lstat(dest)
         except OSError:
             continue
         if st.st_mtime_ns == e.mtime_ns:  # else (no lutimes here) the next checkpoint records the new mtime
-            w.facts[e] = statcache.stat_facts(st)
+            w.facts.set_stat(i, st)
 
 
-def _seed_state(sdir: Path, store: Store, m: Manifest, facts: dict[Entry, statcache.Facts], *,
+def _seed_state(sdir: Path, store: Store, m: Manifest, facts: statcache.FactsTable, *,
                 locked: bool = False) -> None:
     """Tell the stat cache what is now on disk, so the next checkpoint need not re-read restored files.
 
@@ -1632,8 +1687,7 @@ def _seed_state(sdir: Path, store: Store, m: Manifest, facts: dict[Entry, statca
                     "checkpoint reads them again", sdir, exc)
 
 
-def _seed_later(sdir: Path, store: Store, m: Manifest, facts: dict[Entry, statcache.Facts]
-                ) -> threading.Thread | None:
+def _seed_later(sdir: Path, store: Store, m: Manifest, facts: statcache.FactsTable) -> threading.Thread | None:
     """_seed_state on a thread of its own (returned unstarted), under the state dir's lock taken here: a
     checkpoint (of this process or another one) that starts meanwhile waits for the cache instead of finding
     none and re-reading every file. The files' facts were taken when they were written, so an app that

@@ -5,27 +5,37 @@ stored copy without being read. It is only ever written *after* the snapshot it 
 by a restore, after the files are on disk), so it never runs ahead of the store; losing it only costs
 re-hashing.
 
-File ``statcache.v1`` in the state dir: one JSON header line, then a marshal payload
-``{area: {relpath: row}}`` with rows as plain tuples in :class:`CacheRow` order. The header alone answers "did
-anything change?" together with the walk digest (see :mod:`.scan`); the payload is read only when something
-did. marshal is fast and cannot execute code, but is not meant for damaged input, so the payload is checked
-against the sha256 in the header first. No fsync: a cache lost to a crash only costs re-hashing.
+File ``statcache.v1`` in the state dir (docs/format.md, "Change detection"): one JSON header line (padded with
+spaces when it was written after the rows), then the payload: rows in batches, each a 4-byte little-endian
+length and a marshal'd ``(area, {relpath: row})``, with rows as plain tuples in :class:`CacheRow` order. The
+header alone answers "did anything change?" together with the walk digest (see :mod:`.scan`); the payload is
+read only when something did. Batches let a writer stream rows as it makes them (a restore seeding a million
+of them holds one batch, not every row and their encoding at once) and a reader take them one at a time.
+marshal is fast and cannot execute code, but is not meant for damaged input, so the whole payload is checked
+against the sha256 in the header before any batch is decoded. No fsync: a cache lost to a crash only costs
+re-hashing.
 
 Who uses it: the engine (load before a checkpoint, save after its commit), the restorer (:func:`seed` after a
-restore), and ``fractfs prune`` (:class:`StateLock`, so it never runs in the middle of a checkpoint).
+restore, with the :class:`FactsTable` it filled), and ``fractfs prune`` (:class:`StateLock`, so it never runs
+in the middle of a checkpoint).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import marshal
 import os
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, BinaryIO, Callable, NamedTuple, Optional
 
-from ..localfile import private_dir, unlink_if_present, write_replace
+from ..localfile import private_dir, replacing, unlink_if_present
 from .format import FILE, ChunkRef, Entry, Manifest
 from .scan import RecordsDigest
 
@@ -38,8 +48,9 @@ log = logging.getLogger("fractfs")
 
 CACHE_FILE = "statcache.v1"
 CACHE_MAGIC = "fractfs-statcache"
-#: 2: rows carry Entry.chunks (format v2). A cache of another version is ignored (files are read again).
-CACHE_VERSION = 2
+#: 2: rows carry Entry.chunks (format v2). 3: the payload is a sequence of batches (see above). A cache of
+#: another version is ignored (files are read again).
+CACHE_VERSION = 3
 LOCK_FILE = "lock"
 
 #: What the cache remembers of a file's stat: (st_mode, st_size, st_mtime_ns, st_ino, st_ctime_ns), i.e. the
@@ -146,29 +157,58 @@ def read_rows(state_dir: Path, hdr: CacheHeader, offset: int) -> Rows | None:
 #: The payload as stored: area -> relpath -> row as a plain tuple in CacheRow order.
 RawRows = dict[str, dict[str, tuple[Any, ...]]]
 
+#: Rows per batch in the payload: a batch is a few hundred KB to encode, hash and write at once.
+BATCH_ROWS = 2048
+#: Bytes read at a time while hashing or copying a payload.
+_READ = 1 << 20
+#: Bytes of a batch's length prefix (little-endian).
+_LEN = 4
+
 
 def read_raw(state_dir: Path, hdr: CacheHeader, offset: int) -> RawRows | None:
     """The rows as plain tuples (no CacheRow made per row), or None when the payload is missing or damaged."""
     try:
         with open(state_dir / CACHE_FILE, "rb") as f:
+            # First the whole payload is hashed, a megabyte at a time, then its batches are decoded one at a
+            # time: never the payload and the rows in memory at once. Both passes read the same open file,
+            # which is only ever replaced (renamed over), never written in place, so they see the same bytes.
             f.seek(offset)
-            payload = f.read()
-        if hashlib.sha256(payload).hexdigest() != hdr.payload_sha256:
-            raise ValueError("payload checksum mismatch")
-        raw = marshal.loads(payload)
-        if not isinstance(raw, dict) or not all(isinstance(a, dict) for a in raw.values()):
-            raise ValueError("payload is not a mapping")  # noqa: TRY004 - caught right below, never escapes
-        return raw
+            h = hashlib.sha256()
+            while chunk := f.read(_READ):
+                h.update(chunk)
+            if h.hexdigest() != hdr.payload_sha256:
+                raise ValueError("payload checksum mismatch")
+            f.seek(offset)
+            raw: RawRows = {}
+            for area, rows in _batches(f):
+                raw.setdefault(area, {}).update(rows)
+            return raw
     except (OSError, ValueError, EOFError, TypeError) as exc:
         log.warning("fractfs: ignoring damaged stat cache %s (%s); files will be re-hashed",
                     state_dir / CACHE_FILE, exc)
         return None
 
 
+def _batches(f: BinaryIO) -> Iterator[tuple[str, dict[str, tuple[Any, ...]]]]:
+    """The ``(area, rows)`` batches of a payload whose checksum matched, each checked for shape."""
+    while head := f.read(_LEN):
+        n = int.from_bytes(head, "little")
+        body = f.read(n)
+        if len(head) != _LEN or len(body) != n:
+            raise ValueError("payload ends inside a batch")
+        got = marshal.loads(body)
+        if type(got) is not tuple or len(got) != 2 or type(got[0]) is not str or type(got[1]) is not dict:
+            raise ValueError("a payload batch is not (area, rows)")  # noqa: TRY004 - caught by read_raw
+        yield got
+
+
 def write_cache(state_dir: Path, hdr: CacheHeader, rows: Rows) -> None:
     """Replace the cache with ``hdr`` and ``rows`` (all at once: a reader sees the old cache or the new)."""
-    # marshal only takes plain tuples, not NamedTuple instances
-    write_raw(state_dir, hdr, {a: {r: plain(row) for r, row in ar.items()} for a, ar in rows.items()})
+    # marshal only takes plain tuples, not NamedTuple instances; converted a batch at a time
+    with writing(state_dir, hdr) as put:
+        for area, arows in rows.items():
+            for batch in _chunked(arows.items()):
+                put(area, {r: plain(row) for r, row in batch})
 
 
 def plain(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -180,30 +220,95 @@ def plain(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def write_raw(state_dir: Path, hdr: CacheHeader, raw: RawRows) -> None:
     """write_cache() for rows that are already plain tuples."""
-    payload = marshal.dumps(raw, 4)
-    hdr.payload_sha256 = hashlib.sha256(payload).hexdigest()
-    _write_file(state_dir, hdr, payload)
+    with writing(state_dir, hdr) as put:
+        for area, arows in raw.items():
+            if len(arows) <= BATCH_ROWS:
+                put(area, arows)
+            else:
+                for batch in _chunked(arows.items()):
+                    put(area, dict(batch))
+
+
+def _chunked(items: Iterable[tuple[str, Any]]) -> Iterator[list[tuple[str, Any]]]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, BATCH_ROWS)):
+        yield batch
+
+
+#: Writes one batch of rows of one area (see :func:`writing`).
+PutBatch = Callable[[str, dict[str, tuple[Any, ...]]], None]
+
+
+@contextmanager
+def writing(state_dir: Path, hdr: CacheHeader) -> Iterator[PutBatch]:
+    """Write a new cache a batch of rows at a time; it replaces the old one when the block ends (a reader sees
+    the old cache or the new), or is removed if the block raises.
+
+    The header goes first in the file but is written last, over room left for it at the start: so
+    ``files``, ``bytes``, ``expect`` and ``digest`` may still be set while the rows are written (the room
+    holds the widest values they can take); other header fields must not change in the meantime.
+    """
+    room = len(_header_json(_widest(hdr)))
+    h = hashlib.sha256()
+    with replacing(state_dir / CACHE_FILE) as f:
+        f.write(b" " * room + b"\n")
+
+        def put(area: str, rows: dict[str, tuple[Any, ...]]) -> None:
+            body = marshal.dumps((area, rows), 4)
+            head = len(body).to_bytes(_LEN, "little")
+            h.update(head)
+            h.update(body)
+            f.write(head)
+            f.write(body)
+
+        yield put
+        hdr.payload_sha256 = h.hexdigest()
+        head = _header_json(hdr)
+        if len(head) > room:
+            raise ValueError(f"stat cache header grew past its room ({len(head)} > {room} bytes): a header field "
+                             "other than files, bytes, expect or digest changed while writing")
+        f.seek(0)
+        f.write(head.ljust(room))  # JSON allows the trailing spaces
 
 
 def write_header(state_dir: Path, hdr: CacheHeader, offset: int) -> None:
     """Rewrite the cache with header ``hdr`` and the payload it has now (at ``offset``), e.g. to add the walk
-    digest when the rows stay as they are. The caller holds the StateLock, so the payload is the one it read."""
-    with open(state_dir / CACHE_FILE, "rb") as f:
-        f.seek(offset)
-        payload = f.read()
-    if hashlib.sha256(payload).hexdigest() != hdr.payload_sha256:
-        raise OSError(f"{state_dir / CACHE_FILE} changed while in use")
-    _write_file(state_dir, hdr, payload)
+    digest when the rows stay as they are. The caller holds the StateLock, so the payload is the one it read.
+    The payload is copied a megabyte at a time (checked against ``hdr.payload_sha256`` on the way)."""
+    path = state_dir / CACHE_FILE
+    with open(path, "rb") as src, replacing(path) as f:
+        f.write(_header_json(hdr) + b"\n")
+        src.seek(offset)
+        h = hashlib.sha256()
+        while chunk := src.read(_READ):
+            h.update(chunk)
+            f.write(chunk)
+        if h.hexdigest() != hdr.payload_sha256:
+            raise OSError(f"{path} changed while in use")
 
 
-def _write_file(state_dir: Path, hdr: CacheHeader, payload: bytes) -> None:
-    head = json.dumps({
+def _header_json(hdr: CacheHeader) -> bytes:
+    return json.dumps({
         "magic": CACHE_MAGIC, "v": CACHE_VERSION, "snapshot": hdr.snapshot, "snapshot_size": hdr.snapshot_size,
         "digest": hdr.digest, "expect": hdr.expect,
         "sqlite": [list(x) for x in hdr.sqlite], "files": hdr.files, "bytes": hdr.bytes,
         "payload_sha256": hdr.payload_sha256,
-    }, separators=(",", ":")).encode() + b"\n"
-    write_replace(state_dir / CACHE_FILE, head, payload)
+    }, separators=(",", ":")).encode()
+
+
+#: Wider than any count or byte total a header can hold: a manifest has at most 2**21 entries of under 2**63
+#: bytes each.
+_WIDEST_INT = 2**128
+_WIDEST_HEX = "f" * 64
+
+
+def _widest(hdr: CacheHeader) -> CacheHeader:
+    """``hdr`` with the fields :func:`writing` lets change at their widest (what its room must hold)."""
+    def wide(v: Optional[str]) -> str:
+        return v if v is not None and len(v) > len(_WIDEST_HEX) else _WIDEST_HEX
+
+    return replace(hdr, files=_WIDEST_INT, bytes=_WIDEST_INT, digest=wide(hdr.digest), expect=wide(hdr.expect),
+                   payload_sha256=_WIDEST_HEX)
 
 
 def drop_cache(state_dir: Path) -> None:
@@ -236,44 +341,116 @@ class StateLock:
             self.fd = -1
 
 
+class FactsTable:
+    """Stat facts of a snapshot's entries by each entry's position in ``Manifest.entries``: what a restore
+    learned of the files it wrote, for :func:`seed`.
+
+    A cold start records one per file, so they are kept as machine integers in one array per field (37 bytes an
+    entry, made for every entry up front) rather than as a dict from Entry to a tuple of Python ints (~270
+    bytes a file, measured). Facts an array cannot hold (a timestamp beyond 64 bits) go to a small dict.
+    """
+
+    def __init__(self, n: int):
+        #: per entry: 0 no facts, 1 in the arrays, 2 in ``odd``
+        self.has = bytearray(n)
+        self.mode = array("I", [0]) * n
+        self.size = array("q", [0]) * n
+        self.mtime = array("q", [0]) * n
+        self.ino = array("Q", [0]) * n
+        self.ctime = array("q", [0]) * n
+        self.odd: dict[int, Facts] = {}
+
+    def __len__(self) -> int:
+        return len(self.has)
+
+    def set(self, i: int, facts: Facts) -> None:
+        try:
+            self.mode[i], self.size[i], self.mtime[i], self.ino[i], self.ctime[i] = facts
+            self.has[i] = 1
+        except OverflowError:
+            self.odd[i] = tuple(facts)
+            self.has[i] = 2
+
+    def set_stat(self, i: int, st: os.stat_result) -> None:
+        """``set(i, stat_facts(st))`` without making the tuple."""
+        try:
+            self.mode[i] = st.st_mode
+            self.size[i] = st.st_size
+            self.mtime[i] = st.st_mtime_ns
+            self.ino[i] = st.st_ino
+            self.ctime[i] = st.st_ctime_ns
+            self.has[i] = 1
+        except OverflowError:
+            self.odd[i] = stat_facts(st)
+            self.has[i] = 2
+
+    def clear(self, i: int) -> None:
+        self.has[i] = 0
+        self.odd.pop(i, None)
+
+    def get(self, i: int) -> Optional[Facts]:
+        h = self.has[i]
+        if h == 1:
+            return (self.mode[i], self.size[i], self.mtime[i], self.ino[i], self.ctime[i])
+        return self.odd[i] if h == 2 else None
+
+
 def seed(state_dir: Path, m: Manifest, facts_of: Optional[Callable[[Entry], Optional[Facts]]], *,
-         facts: Optional[dict[Entry, Facts]] = None, snapshot_size: Optional[int] = None,
-         locked: bool = False) -> None:
+         facts: Optional[FactsTable] = None, snapshot_size: Optional[int] = None, locked: bool = False) -> None:
     """Describe snapshot ``m`` as now on disk, after a restore wrote (some of) it.
 
     Every manifest entry is listed, since the cache must describe the whole snapshot it claims to match;
-    ``facts_of(entry)``, or ``facts[entry]``, gives the stat facts of entries known to match their stored copy,
-    None (absent) for the rest: the next checkpoint re-examines those, and SQLite databases always (their
-    sidecars' facts are not known here). ``snapshot_size``, the manifest's size on the store, lets the next
-    checkpoint trust the cache as describing the store's newest snapshot (see the engine's ``synced``)
-    instead of fetching that manifest again. When every entry has facts, the header also carries
-    :func:`.scan.records_digest` of them (``expect``): the first checkpoint's walk then only has to match it.
-    ``locked``: the caller holds the :class:`StateLock` (a restore that seeds on a thread takes it first).
+    ``facts_of(entry)``, or ``facts`` at the entry's position in ``m.entries``, gives the stat facts of entries
+    known to match their stored copy, None for the rest: the next checkpoint re-examines those, and SQLite
+    databases always (their sidecars' facts are not known here). ``snapshot_size``, the manifest's size on the
+    store, lets the next checkpoint trust the cache as describing the store's newest snapshot (see the
+    engine's ``synced``) instead of fetching that manifest again. When every entry has facts, the header also
+    carries :func:`.scan.records_digest` of them (``expect``): the first checkpoint's walk then only has to
+    match it. ``locked``: the caller holds the :class:`StateLock` (a restore that seeds on a thread takes it
+    first).
+
+    Rows are written a batch at a time as they are made (see :func:`writing`): a cold start seeds every entry,
+    and at a million files holding all rows and then their encoding at once was the restore's peak memory.
     """
+    if facts is not None and len(facts) != len(m.entries):
+        raise ValueError(f"facts for {len(facts)} entries, the manifest has {len(m.entries)}")
     private_dir(state_dir)  # 0700 from creation: the rows hold every file's sha256 (docs/security.md)
-    raw: RawRows = {}
-    get = facts.get if facts is not None else None
+    hdr = CacheHeader(snapshot=m.id, snapshot_size=snapshot_size)
+    with contextlib.nullcontext() if locked else StateLock(state_dir), writing(state_dir, hdr) as put:
+        hdr.files, hdr.bytes, hdr.expect = _seed_rows(put, m, facts_of, facts)
+
+
+def _seed_rows(put: PutBatch, m: Manifest, facts_of: Optional[Callable[[Entry], Optional[Facts]]],
+               facts: Optional[FactsTable]) -> tuple[int, int, Optional[str]]:
+    """Write a row per entry of ``m`` through ``put``; (files, bytes, expect) for the header."""
     files = nbytes = 0
-    area = ""
-    arows: dict[str, tuple[Any, ...]] = {}
     # What the next walk must find if nothing changes: every entry with its facts, as walk records. A
     # manifest fractfs wrote is sorted, so they are digested as they come; any other order is sorted first.
-    digest: Optional[RecordsDigest] = RecordsDigest() if get is not None else None
+    digest: Optional[RecordsDigest] = RecordsDigest() if facts is not None else None
     last = ("", "")
     in_order = True
-    # Written flat (plain tuples in CacheRow order, no NamedTuple per row): a cold start seeds every entry.
-    for e in m.entries:
-        if e.area != area:
+    area = ""
+    batch: dict[str, tuple[Any, ...]] = {}
+    if facts is not None:  # read straight from the arrays: one entry per file of a cold start
+        has, odd = facts.has, facts.odd
+        mode, size, mtime, ino, ctime = facts.mode, facts.size, facts.mtime, facts.ino, facts.ctime
+    f: Optional[Facts]
+    # Rows are plain tuples in CacheRow order, no NamedTuple per row.
+    for i, e in enumerate(m.entries):
+        if e.area != area or len(batch) >= BATCH_ROWS:
+            if batch:
+                put(area, batch)
+                batch = {}
             area = e.area
-            arows = raw.setdefault(area, {})
         if e.sqlite:
             f = None
-        elif get is not None:
-            f = get(e)
+        elif facts is not None:
+            h = has[i]
+            f = (mode[i], size[i], mtime[i], ino[i], ctime[i]) if h == 1 else odd[i] if h else None
         else:
             assert facts_of is not None
             f = facts_of(e)
-        arows[e.path] = (*e[2:], f, None) if not e.chunks else plain((*e[2:], f, None))
+        batch[e.path] = (*e[2:], f, None) if not e.chunks else plain((*e[2:], f, None))
         if digest is not None:
             if f is None:
                 digest = None
@@ -286,21 +463,18 @@ def seed(state_dir: Path, m: Manifest, facts_of: Optional[Callable[[Entry], Opti
         if e.type == FILE:
             files += 1
             nbytes += e.size
+    if batch:
+        put(area, batch)
     expect: Optional[str] = None
-    if digest is not None and get is not None:
+    if digest is not None and facts is not None:
         if not in_order:  # a manifest fractfs did not write: sort (rare, so the simple way)
             digest = RecordsDigest()
             recs: list[tuple[str, tuple[Any, ...]]] = []
-            for e in m.entries:
-                f = get(e)
+            for i, e in enumerate(m.entries):
+                f = facts.get(i)
                 assert f is not None  # every entry has facts, or digest would be None
                 recs.append((e.area, (e.path, *f)))
             for a, rec in sorted(recs):
                 digest.add(a, rec)
         expect = digest.hexdigest()
-    hdr = CacheHeader(snapshot=m.id, snapshot_size=snapshot_size, files=files, bytes=nbytes, expect=expect)
-    if locked:
-        write_raw(state_dir, hdr, raw)
-        return
-    with StateLock(state_dir):
-        write_raw(state_dir, hdr, raw)
+    return files, nbytes, expect
