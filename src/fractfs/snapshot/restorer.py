@@ -296,6 +296,9 @@ class _Writer:
                         continue
                     raise
                 done.append((e, dest, st))
+                if len(done) >= 1024:  # a stat result is ~700 bytes: never one per file of a 1M-file run
+                    self._record_direct(done)
+                    done = []
         finally:
             if dfd >= 0:
                 o_close(dfd)
