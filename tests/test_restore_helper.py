@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_snapshot_restore import small_tmpfs  # noqa: F401 - the fixture, shared
 from test_snapshot_support import everything, make_store, temp_leftovers, tree, write
 
 from fractfs.errors import RestoreError
@@ -160,22 +160,6 @@ def test_a_helper_that_dies_leaves_its_batches_to_this_process(tmp_path: Path, s
     assert spy.helpers and spy.helpers[0].dead
     res = checkpoint(store, dst, everything, state_dir=tmp_path / "s2")
     assert res.snapshot_id is None  # nothing differs from the snapshot
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True,
-                       check=False)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs: {r.stderr.decode().strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_disk_full_in_the_helper_fails_the_restore_and_leaves_nothing(tmp_path: Path, small_tmpfs: Path,
