@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_snapshot_restore import small_tmpfs  # noqa: F401 - the fixture, shared
+import test_snapshot_restore
 from test_snapshot_support import everything, make_store, temp_leftovers, tree, write
 
 from fractfs.errors import RestoreError
 from fractfs.snapshot import checkpoint, helper, restore, statcache
+
+
+small_tmpfs = test_snapshot_restore.small_tmpfs  # the fixture, shared
 
 
 class Spy:
