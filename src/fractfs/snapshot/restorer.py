@@ -306,23 +306,20 @@ class _Writer:
                 self._record_direct(done)
 
     def _record_direct(self, done: list[tuple[Entry, str, os.stat_result]]) -> None:
-        of = self.positions.of
-        found = [(of(e), st) for e, _dest, st in done]
-        with self.lock:  # once per run, not per file
-            state, set_stat = self.state, self.facts.set_stat
-            for i, st in found:
-                state[i] = _DIRECT
-                set_stat(i, st)
+        self._record(done, self.facts.set_stat)
 
     def _record_facts(self, done: list[tuple[Entry, str, statcache.Facts]]) -> None:
         """:meth:`_record_direct` of files whose facts came as tuples (from the helper process)."""
+        self._record(done, self.facts.set)
+
+    def _record(self, done: list[tuple[Entry, str, Any]], put: Callable[[int, Any], None]) -> None:
         of = self.positions.of
-        found = [(of(e), f) for e, _dest, f in done]
+        found = [(of(e), x) for e, _dest, x in done]
         with self.lock:  # once per run, not per file
-            state, set_facts = self.state, self.facts.set
-            for i, f in found:
+            state = self.state
+            for i, x in found:
                 state[i] = _DIRECT
-                set_facts(i, f)
+                put(i, x)
 
     # -- sharing small files with the helper process (see helper.py) ------------------------------------
     def write_shared(self, items: list[tuple[Entry, str]], buf: memoryview | None, base: int,
