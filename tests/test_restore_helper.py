@@ -17,7 +17,7 @@ import test_snapshot_restore
 from test_snapshot_support import everything, make_store, temp_leftovers, tree, write
 
 from fractfs.errors import RestoreError
-from fractfs.snapshot import checkpoint, helper, restore, statcache
+from fractfs.snapshot import checkpoint, helper, restore, restorer, statcache
 
 
 small_tmpfs = test_snapshot_restore.small_tmpfs  # the fixture, shared
@@ -207,3 +207,62 @@ def test_below_the_threshold_no_process_is_started(tmp_path: Path, spy: Spy,
     assert helper.min_files() == helper.MIN_FILES
     monkeypatch.setenv("fractfs_RESTORE_HELPER_MIN_FILES", "lots")
     assert helper.min_files() == helper.MIN_FILES  # not a number: the default, never a failed restore
+
+
+def test_read_buffers_are_reused_and_never_mix_files(tmp_path: Path, spy: Spy, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A mounted store is read into a few buffers the restore reuses (restorer._Inbox): with pieces of 8 KiB
+    and three fetching threads, 600 files go through five buffers again and again, while the helper gets
+    batches cut from them. Every file must still have its own bytes."""
+    src = _app(tmp_path)
+    store = make_store(tmp_path)
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    monkeypatch.setattr(restorer, "_READ_PIECE", 8192)
+    taken: list[int] = []
+    take = restorer._Inbox.take
+
+    def spy_take(self: restorer._Inbox) -> memoryview | None:
+        got = take(self)
+        if got is not None:
+            taken.append(id(got.obj))
+        return got
+
+    monkeypatch.setattr(restorer._Inbox, "take", spy_take)
+    dst = _areas(tmp_path, "fresh")
+    with caplog.at_level(logging.WARNING, logger="fractfs"):
+        out = restore(store, dst, transfers=3, state_dir=tmp_path / "s2")
+    assert len(out.restored) == 600 and not out.errors and spy.sent > 0
+    # a buffer reused too early would show as bytes that failed verification and were read again
+    assert not [m for m in caplog.messages if "second read" in m]
+    assert len(taken) > 100 and len(set(taken)) <= 5
+    assert tree(dst["root"], mtimes=True) == tree(src["root"], mtimes=True)
+    res = checkpoint(store, dst, everything, state_dir=tmp_path / "s2")
+    assert res.snapshot_id is None  # the stat facts recorded match the files
+
+
+def test_bytes_the_helper_finds_damaged_are_read_again(tmp_path: Path, spy: Spy, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Damaged on the way (here: in the batch sent to the helper), a file's bytes are read once more from the
+    store, which has them intact: restored, with the warning of a second read."""
+    src = _app(tmp_path, files=300)
+    store = make_store(tmp_path)
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    send = helper.Helper.send  # the spy's
+    spoiled: list[str] = []
+
+    def send_spoiled(self: helper.Helper, items: list[Any], wire: list[Any]) -> bool:
+        if not spoiled and any(w[-1] for w in wire):  # not the batch of empty files
+            k = next(i for i, w in enumerate(wire) if w[-1])
+            data = bytearray(wire[k][-1])
+            data[len(data) // 2] ^= 0x01
+            wire = wire[:k] + [wire[k][:-1] + (bytes(data),)] + wire[k + 1:]
+            spoiled.append(items[k][0].path)
+        return send(self, items, wire)
+
+    monkeypatch.setattr(helper.Helper, "send", send_spoiled)
+    dst = _areas(tmp_path, "fresh")
+    with caplog.at_level(logging.WARNING, logger="fractfs"):
+        out = restore(store, dst, state_dir=tmp_path / "s2")
+    assert spoiled and len(out.restored) == 300 and not out.errors
+    assert any("passed on a second read" in m and spoiled[0] in m for m in caplog.messages)
+    assert tree(dst["root"], mtimes=True) == tree(src["root"], mtimes=True)
