@@ -56,6 +56,14 @@ class Spy:
         monkeypatch.setenv("fractfs_RESTORE_HELPER_MIN_FILES", "1")
 
 
+def _reaped(spy: Spy) -> list[int | None]:
+    """The exit codes of the helpers started, once their reaper threads (if any) are done."""
+    for h in spy.helpers:
+        if h.reaper is not None:
+            h.reaper.join(10)
+    return [h.proc.returncode for h in spy.helpers]
+
+
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> Spy:
     return Spy(monkeypatch)
@@ -85,7 +93,8 @@ def test_the_helper_writes_files_as_the_restore_does(tmp_path: Path, spy: Spy) -
     assert spy.sent > 100 and spy.answered == spy.sent  # the helper wrote its share, and answered for all
     assert tree(dst["root"], mtimes=True) == tree(src["root"], mtimes=True)  # bytes, modes and mtimes
     assert temp_leftovers(dst["root"]) == []
-    assert spy.helpers and all(h.proc.returncode == 0 for h in spy.helpers)  # it ended and was reaped
+    assert spy.helpers and all(h.reaper is not None for h in spy.helpers)  # reaped by a thread, not waited for
+    assert _reaped(spy) == [0]
     # the stat facts it sent back are the files' own: the first checkpoint is a walk that finds nothing new
     hdr, _ = statcache.read_header(tmp_path / "s2")
     assert hdr is not None and hdr.expect
@@ -178,7 +187,7 @@ def test_disk_full_in_the_helper_fails_the_restore_and_leaves_nothing(tmp_path: 
     assert spy.sent > 0
     assert [p for p in small_tmpfs.rglob("*") if not p.is_dir()] == []  # nothing placed
     assert temp_leftovers(small_tmpfs) == []  # and every temp tree removed
-    assert all(h.proc.returncode is not None for h in spy.helpers)
+    assert None not in _reaped(spy)  # it answered (disk full) and ended, or was killed
 
 
 def test_no_helper_without_a_plain_interpreter_or_with_one_transfer(tmp_path: Path, spy: Spy,

@@ -23,6 +23,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -109,6 +110,7 @@ class Helper:
         self.next_id = 0
         self.inbuf = bytearray()
         self.dead = False
+        self.reaper: threading.Thread | None = None  # see stop()
 
     @classmethod
     def start(cls) -> Optional[Helper]:
@@ -216,8 +218,10 @@ class Helper:
         return done, left
 
     def stop(self) -> None:
-        """End the helper (at once: whatever it still writes is in directories the restore discards or has
-        already waited for) and reap it."""
+        """End the helper and reap it. One that answered every batch ends by itself at the end of its input,
+        and a thread reaps it (``reaper``): the restore does not wait for an interpreter to shut down (7-16 ms
+        here). Any other is killed at once (whatever it still writes is in directories the restore discards)
+        and reaped here."""
         for f in (self.proc.stdin, self.proc.stdout):
             try:
                 if f is not None:
@@ -226,6 +230,13 @@ class Helper:
                 pass
         if self.pending or self.dead or self.outbuf:
             self.proc.kill()
+        elif self.reaper is None:
+            self.reaper = threading.Thread(target=self._reap, name="fractfs-helper-reaper", daemon=True)
+            self.reaper.start()
+            return
+        self._reap()
+
+    def _reap(self) -> None:
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
