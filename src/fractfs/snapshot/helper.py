@@ -144,18 +144,26 @@ class Helper:
         except OSError as exc:  # BrokenPipeError: it died
             self._died(f"cannot write to it: {exc}")
 
-    def send(self, items: list[Item], wire: list[tuple[Any, ...]]) -> bool:
-        """Hand a batch over (``wire`` is what the helper needs of ``items``, in the same order); False when
-        the helper is gone (the batch is then among those :meth:`finish` gives back)."""
+    def send(self, items: list[Item], wire: list[tuple[Any, ...]], base: int, blob: memoryview | bytes) -> bool:
+        """Hand a batch over: ``wire`` is what the helper needs of each of ``items`` (in the same order, with
+        the file's offset and size in ``blob``, whose first byte is at offset ``base``). False when the
+        helper is gone (the batch is then among those :meth:`finish` gives back).
+
+        The blob goes to the pipe straight from the caller's buffer: marshalling the bytes of each file
+        made a fresh copy of every batch (2-5 us a file). What the pipe cannot take yet is copied before
+        this returns, because the caller reuses its buffer."""
         assert not self.outbuf, "send() while busy()"
         bid = self.next_id
         self.next_id += 1
         self.pending[bid] = items
         if self.dead:
             return False
-        body = marshal.dumps((bid, wire), 4)
-        self.outbuf = [memoryview(len(body).to_bytes(8, "little")), memoryview(body)]
+        body = marshal.dumps((bid, base, wire), 4)
+        head = len(body).to_bytes(8, "little") + len(blob).to_bytes(8, "little")
+        self.outbuf = [memoryview(head), memoryview(body), memoryview(blob)]
         self._flush()
+        if self.outbuf:
+            self.outbuf = [memoryview(bytes(part)) for part in self.outbuf]
         return not self.dead
 
     def answers(self, *, block: bool) -> list[tuple[list[Item], list[Answer]]]:

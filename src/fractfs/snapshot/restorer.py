@@ -340,12 +340,19 @@ class _Writer:
             self.write_run(items, buf, base)
             return
         fresh, cur, umask = self.plan.fresh, self.plan.cur, self.umask
+        limit = hp.batch_bytes
         i = 0
         while i < len(items) and not self.abort.is_set():
             self.absorb(hp.answers(block=False))
-            j, nbytes = i, 0
-            while j < len(items) and j - i < helper.BATCH_FILES and nbytes < hp.batch_bytes:
-                nbytes += items[j][0].size
+            # a batch: up to BATCH_FILES files whose bytes lie within batch_bytes of the range (they are in
+            # offset order, so that is about their total size; the helper gets that span of the range)
+            lo = hi = items[i][0].offset
+            j = i
+            while j < len(items) and j - i < helper.BATCH_FILES:
+                e = items[j][0]
+                if e.offset + e.size - lo > limit and j > i:
+                    break
+                lo, hi = min(lo, e.offset), max(hi, e.offset + e.size)
                 j += 1
             part, i = items[i:j], j
             if hp.busy():
@@ -354,20 +361,28 @@ class _Writer:
             mine: list[tuple[Entry, str]] = []
             theirs: list[helper.Item] = []
             wire: list[tuple[Any, ...]] = []
+            lo, hi = -1, 0
             for e, dest in part:
                 parent, _, name = dest.rpartition("/")
                 if parent not in fresh:
                     mine.append((e, dest))
                     continue
-                data = b"" if buf is None else buf[e.offset - base:e.offset - base + e.size]
+                if lo < 0 or e.offset < lo:
+                    lo = e.offset
+                if e.offset + e.size > hi:
+                    hi = e.offset + e.size
                 mode = e.mode & FILE_MODE_MASK
-                # The bytes are not kept: their buffer is reused once this returns (the helper gets a copy).
-                # The rare file it could not verify or never answered is read from the store again.
+                # The bytes are not kept: their buffer is reused once this returns (send copies what the pipe
+                # does not take at once). The rare file the helper could not verify or never answered is
+                # read from the store again.
                 theirs.append((e, dest, b"" if buf is None else None))
                 wire.append((cur[parent], name, 0o600 if umask is None else mode,
-                             mode if umask is None or mode & umask else -1, e.mtime_ns, e.sha256, data))
+                             mode if umask is None or mode & umask else -1, e.mtime_ns, e.sha256, e.offset, e.size))
             if theirs:
-                hp.send(theirs, wire)
+                if buf is None:  # empty files
+                    hp.send(theirs, wire, 0, b"")
+                else:
+                    hp.send(theirs, wire, lo, buf[lo - base:hi - base])
             if mine:
                 self.write_run(mine, buf, base)
 
