@@ -687,3 +687,17 @@ def test_pack_ranges_cover_every_file_in_bounded_pieces(piece: int) -> None:
     dense = sorted((it for it in items if it[0].path != "far"), key=lambda it: it[0].offset)[1:200]
     got = restorer._pack_ranges(dense, piece)
     assert got[0][0] == 0 and (piece < (1 << 20) or len(got) == 1)
+
+
+def test_a_restore_asked_not_to_list_what_it_restored_still_counts_it(tmp_path: Path) -> None:
+    """init() asks for the number alone (list_restored=False): a million labels would be ~70 MB and a sort."""
+    src = {"root": tmp_path / "src"}
+    for i in range(50):
+        write(src["root"], f"d{i % 5}/f{i}", f"file {i}")
+    (src["root"] / "link").symlink_to("d0/f0")
+    store = make_store(tmp_path)
+    checkpoint(store, src, everything, state_dir=tmp_path / "s1")
+    listed = restore(store, {"root": tmp_path / "a"})
+    counted = restore(store, {"root": tmp_path / "b"}, list_restored=False)
+    assert counted.restored == [] and counted.restored_count == listed.restored_count == len(listed.restored) == 51
+    assert tree(tmp_path / "a") == tree(tmp_path / "b") == tree(src["root"])

@@ -368,13 +368,14 @@ class Runtime:
 
         started = time.monotonic()
         res = snapshot.restore(self.store, areas_for(self.config), transfers=self.config.transfers,
-                               state_dir=self.config.state_dir, manifest=newest, seed_in_background=True)
+                               state_dir=self.config.state_dir, manifest=newest, seed_in_background=True,
+                               list_restored=False)
         self._seeding = res.seeding
         if newest is not None:
             res.fell_back_from = list(damaged)
         info = {
             "snapshot_id": res.snapshot_id,
-            "restored": len(res.restored),
+            "restored": res.restored_count,
             "skipped_existing": len(res.skipped_existing),
             "refused": list(res.refused),
             "errors": list(res.errors),
@@ -389,7 +390,7 @@ class Runtime:
         if res.snapshot_id:
             self.stats.last_snapshot_id = res.snapshot_id
             log.info("fractfs: restored %d files from snapshot %s in %.2fs (%d already present)",
-                     len(res.restored), res.snapshot_id, info["duration"], len(res.skipped_existing))
+                     res.restored_count, res.snapshot_id, info["duration"], len(res.skipped_existing))
         return info
 
     # -- the lease -------------------------------------------------------------------------------------

@@ -69,7 +69,10 @@ class RestoreResult:
     """What a restore did. Paths are ``"area:relpath"``; refused/errors entries carry the reason."""
 
     snapshot_id: str | None = None
+    #: every file, directory and link put in place (empty when restore() was asked not to list them)
     restored: list[str] = field(default_factory=list)
+    #: how many were put in place (also when they are not listed)
+    restored_count: int = 0
     skipped_existing: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -1063,6 +1066,7 @@ def restore(
     state_dir: PathLike | None = None,
     manifest: Manifest | None = None,
     seed_in_background: bool = False,
+    list_restored: bool = True,
 ) -> RestoreResult:
     """Restore a snapshot (default: the newest valid one) into ``areas`` (area name → target directory).
 
@@ -1076,17 +1080,18 @@ def restore(
     return once the files are in place, and leave writing the stat cache to a thread (``RestoreResult.seeding``,
     for the caller to start) that holds the state dir's lock meanwhile, so a checkpoint that starts waits for
     it (init() does this, once its own threads are started: the cache only serves the first checkpoint, and
-    writing it took a sixth of a cold start).
+    writing it took a sixth of a cold start). ``list_restored=False``: leave ``RestoreResult.restored`` empty
+    and give only ``restored_count`` (init() needs the number alone: a million labels are ~70 MB and a sort).
     """
     with gcpause.paused():  # a cold start makes a few objects per file and keeps them all: see gcpause
         return _restore(store, areas, snapshot_id=snapshot_id, overwrite=overwrite, dry_run=dry_run,
                         transfers=transfers, want=want, state_dir=state_dir, manifest=manifest,
-                        seed_in_background=seed_in_background)
+                        seed_in_background=seed_in_background, list_restored=list_restored)
 
 
 def _restore(store: Store, areas: dict[str, Path], *, snapshot_id: str | None, overwrite: bool, dry_run: bool,
              transfers: int, want: Want | None, state_dir: PathLike | None, manifest: Manifest | None,
-             seed_in_background: bool) -> RestoreResult:
+             seed_in_background: bool, list_restored: bool) -> RestoreResult:
     t0 = time.monotonic()
     res = RestoreResult()
     m: Manifest | None
@@ -1130,6 +1135,7 @@ def _restore(store: Store, areas: dict[str, Path], *, snapshot_id: str | None, o
     if dry_run:
         assert hp is None
         res.restored = sorted([e.label for e, _ in plan.files] + [e.label for e, _ in plan.links])
+        res.restored_count = len(res.restored)
         res.duration = time.monotonic() - t0
         return res
 
@@ -1198,12 +1204,14 @@ def _restore(store: Store, areas: dict[str, Path], *, snapshot_id: str | None, o
                         "checkpoint records them as deleted: %s", state_dir, exc,
                         ", ".join(e.label for e in (plan.failed + w.failed)[:10]))
     # Labels last, after the stat cache is seeded (the restore's peak): a string per restored file.
-    res.restored = w.restored_labels()
-    res.restored.sort()
+    res.restored_count = w.state.count(_RESTORED)
+    if list_restored:
+        res.restored = w.restored_labels()
+        res.restored.sort()
     res.skipped_existing.sort()
     res.duration = time.monotonic() - t0
     log.info("fractfs: restored snapshot %s: %d written, %d already present, %d refused, %d errors (%.2fs)",
-             m.name.short if m.name else m.id, len(res.restored), len(res.skipped_existing),
+             m.name.short if m.name else m.id, res.restored_count, len(res.skipped_existing),
              len(res.refused), len(res.errors), res.duration)
     return res
 
