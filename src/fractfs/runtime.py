@@ -353,7 +353,7 @@ class Runtime:
             assert self.daemon is not None
             watcher = watch.TreeWatcher(areas_for(self.config), self.selection(), self.daemon.notify_change)
             try:
-                watcher.start()
+                watcher.start(background=True)
             except (watch.WatchUnavailable, OSError) as exc:
                 watcher.stop()
                 watcher, why = None, str(exc)
