@@ -110,6 +110,7 @@ def test_files_of_directories_that_exist_are_staged_not_sent(tmp_path: Path, spy
     write(dst["root"], "d0/e1/already.txt", "the app's own file")  # d0/e1 exists: its files go through temp files
     out = restore(store, dst, state_dir=tmp_path / "s2")
     assert len(out.restored) == 600 and not out.errors and spy.answered == spy.sent > 0
+    assert out.bytes == sum(p.stat().st_size for p in src["root"].rglob("*") if p.is_file())
     assert spy.paths and not [p for p in spy.paths if p.startswith("d0/e1/")]
     got = tree(dst["root"], mtimes=True)
     got.pop("d0/e1/already.txt")
