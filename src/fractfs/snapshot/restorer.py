@@ -1035,7 +1035,9 @@ def _pack_ranges(items: list[tuple[Entry, str]], piece: int) -> list[tuple[int, 
     Either way a read is cut at file boundaries into pieces of at most ``piece`` bytes and never longer than
     _RUN_MAX (unless one file alone is): what a restore holds per read is bounded whatever the manifest claims.
     """
-    items = sorted(items, key=_pack_offset)
+    offsets = [e.offset for e, _ in items]
+    if offsets != sorted(offsets):  # a pack's files come in its order when fractfs wrote both
+        items = sorted(items, key=_pack_offset)
     need = extent = 0
     for e, _ in items:
         need += e.size
