@@ -353,13 +353,13 @@ class _Writer:
             self.absorb(hp.answers(block=False))
             # a batch: up to BATCH_FILES files whose bytes lie within batch_bytes of the range (they are in
             # offset order, so that is about their total size; the helper gets that span of the range)
-            lo = hi = items[i][0].offset
+            lo = items[i][0].offset
             j = i
             while j < len(items) and j - i < helper.BATCH_FILES:
                 e = items[j][0]
                 if e.offset + e.size - lo > limit and j > i:
                     break
-                lo, hi = min(lo, e.offset), max(hi, e.offset + e.size)
+                lo = min(lo, e.offset)
                 j += 1
             part, i = items[i:j], j
             if hp.busy():
