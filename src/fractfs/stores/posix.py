@@ -417,13 +417,7 @@ class PosixStore:
     @contextlib.contextmanager
     def _reading(self, key: str) -> Iterator[int]:
         """An fd of ``key`` open for reading, with a store's errors for a missing key or a failed read."""
-        path = self._path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
-        except _MISSING:
-            raise StoreNotFound(f"{key} not found in {self._root}") from None
-        except OSError as exc:
-            raise self._error("open", path, exc) from exc
+        fd, path = self._open_for_reading(key)
         try:
             yield fd
         except IsADirectoryError:
@@ -433,14 +427,17 @@ class PosixStore:
         finally:
             os.close(fd)
 
-    def get_file(self, key: str, path: Path) -> None:
-        src_path = self._path(key)
+    def _open_for_reading(self, key: str) -> tuple[int, str]:
+        path = self._path(key)
         try:
-            src = os.open(src_path, os.O_RDONLY | _O_CLOEXEC)
+            return os.open(path, os.O_RDONLY | _O_CLOEXEC), path
         except _MISSING:
             raise StoreNotFound(f"{key} not found in {self._root}") from None
         except OSError as exc:
-            raise self._error("open", src_path, exc) from exc
+            raise self._error("open", path, exc) from exc
+
+    def get_file(self, key: str, path: Path) -> None:
+        src, src_path = self._open_for_reading(key)
         try:
             # Errors on the destination (local disk full, permissions) are the caller's: plain OSError.
             with open(os.fspath(path), "wb", buffering=0) as dst:
