@@ -68,6 +68,10 @@ _live: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
 
 
+def _import_engine() -> None:
+    from .snapshot import engine  # noqa: F401 - imported for later (see _start_writer)
+
+
 class Runtime:
     def __init__(self, config: Config):
         self.config = config
@@ -237,6 +241,11 @@ class Runtime:
         finally:
             if self._seeding is not None:
                 self._seeding.start()  # the stat cache, last (see snapshot.restore): it holds the state lock
+        # init() does not import the checkpoint engine (snapshot/options.py); this thread does, right away, so
+        # that no checkpoint imports it later. The one at SIGTERM, the only one with sync_interval = 0, would
+        # otherwise import it while the interrupted main thread might hold the import lock of a module the
+        # engine needs, and wait for it.
+        threading.Thread(target=_import_engine, name="fractfs-import", daemon=True).start()
         log.info("fractfs: ready (root %s, store %s, %s sync, %d bundle files ignored%s)",
                  cfg.root, cfg.checkpoint_location, self.sync_mode, len(self.bundle),
                  "" if not start_daemon or self.lease.held else ", read-only: another node holds the lease")
