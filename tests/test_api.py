@@ -308,3 +308,20 @@ def test_unmounted_volume_is_refused(tmp_path: Path) -> None:
     # VolumeNotMounted is a ProvisionError (what init() raised for it before the type existed)
     assert proc.returncode != 0 and "VolumeNotMounted" in proc.stderr and "not-mounted" in proc.stderr
     assert not (tmp_path / "not-mounted").exists()
+
+
+def test_the_checkpoint_engine_is_imported_after_init_not_by_a_later_checkpoint(tmp_path: Path, volume: Path) -> None:
+    """init() leaves the engine to a thread of its own (a cold start does not wait for the import), which
+    imports it at once: with sync_interval = 0 the first checkpoint is the one at SIGTERM, which must not
+    import modules while the interrupted main thread may hold an import lock."""
+    node = Node(tmp_path, volume)
+    out = node.run("""
+        import sys, threading
+        fractfs.init()
+        for t in threading.enumerate():
+            if t.name == "fractfs-import":
+                t.join(30)
+        print(json.dumps({"engine": "fractfs.snapshot.engine" in sys.modules, "syncs": fractfs.status()["syncs"]}))
+        fractfs.shutdown(final_sync=False)
+    """, fractfs_SYNC_INTERVAL="0")
+    assert out == {"engine": True, "syncs": 0}

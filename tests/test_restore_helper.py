@@ -17,7 +17,7 @@ import test_snapshot_restore
 from test_snapshot_support import everything, make_store, temp_leftovers, tree, write
 
 from fractfs.errors import RestoreError
-from fractfs.snapshot import checkpoint, helper, restore, statcache
+from fractfs.snapshot import checkpoint, helper, restore, restorer, statcache
 
 
 small_tmpfs = test_snapshot_restore.small_tmpfs  # the fixture, shared
@@ -40,10 +40,10 @@ class Spy:
                 spy.helpers.append(h)
             return h
 
-        def spy_send(self: helper.Helper, items: list[Any], wire: list[Any]) -> bool:
+        def spy_send(self: helper.Helper, items: list[Any], wire: list[Any], base: int, blob: Any) -> bool:
             spy.sent += len(items)
             spy.paths.extend(e.path for e, _dest, _data in items)
-            return send(self, items, wire)
+            return send(self, items, wire, base, blob)
 
         def spy_answers(self: helper.Helper, *, block: bool) -> list[Any]:
             got = answers(self, block=block)
@@ -54,6 +54,14 @@ class Spy:
         monkeypatch.setattr(helper.Helper, "send", spy_send)
         monkeypatch.setattr(helper.Helper, "answers", spy_answers)
         monkeypatch.setenv("fractfs_RESTORE_HELPER_MIN_FILES", "1")
+
+
+def _reaped(spy: Spy) -> list[int | None]:
+    """The exit codes of the helpers started, once their reaper threads (if any) are done."""
+    for h in spy.helpers:
+        if h.reaper is not None:
+            h.reaper.join(10)
+    return [h.proc.returncode for h in spy.helpers]
 
 
 @pytest.fixture
@@ -85,7 +93,8 @@ def test_the_helper_writes_files_as_the_restore_does(tmp_path: Path, spy: Spy) -
     assert spy.sent > 100 and spy.answered == spy.sent  # the helper wrote its share, and answered for all
     assert tree(dst["root"], mtimes=True) == tree(src["root"], mtimes=True)  # bytes, modes and mtimes
     assert temp_leftovers(dst["root"]) == []
-    assert spy.helpers and all(h.proc.returncode == 0 for h in spy.helpers)  # it ended and was reaped
+    assert spy.helpers and all(h.reaper is not None for h in spy.helpers)  # reaped by a thread, not waited for
+    assert _reaped(spy) == [0]
     # the stat facts it sent back are the files' own: the first checkpoint is a walk that finds nothing new
     hdr, _ = statcache.read_header(tmp_path / "s2")
     assert hdr is not None and hdr.expect
@@ -101,6 +110,7 @@ def test_files_of_directories_that_exist_are_staged_not_sent(tmp_path: Path, spy
     write(dst["root"], "d0/e1/already.txt", "the app's own file")  # d0/e1 exists: its files go through temp files
     out = restore(store, dst, state_dir=tmp_path / "s2")
     assert len(out.restored) == 600 and not out.errors and spy.answered == spy.sent > 0
+    assert out.bytes == sum(p.stat().st_size for p in src["root"].rglob("*") if p.is_file())
     assert spy.paths and not [p for p in spy.paths if p.startswith("d0/e1/")]
     got = tree(dst["root"], mtimes=True)
     got.pop("d0/e1/already.txt")
@@ -143,8 +153,8 @@ def test_a_helper_that_dies_leaves_its_batches_to_this_process(tmp_path: Path, s
     checkpoint(store, src, everything, state_dir=tmp_path / "state")
     send = helper.Helper.send  # the spy's
 
-    def send_then_die(self: helper.Helper, items: list[Any], wire: list[Any]) -> bool:
-        ok = send(self, items, wire)
+    def send_then_die(self: helper.Helper, items: list[Any], wire: list[Any], base: int, blob: Any) -> bool:
+        ok = send(self, items, wire, base, blob)
         if len(self.pending) == 2 and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -178,7 +188,7 @@ def test_disk_full_in_the_helper_fails_the_restore_and_leaves_nothing(tmp_path: 
     assert spy.sent > 0
     assert [p for p in small_tmpfs.rglob("*") if not p.is_dir()] == []  # nothing placed
     assert temp_leftovers(small_tmpfs) == []  # and every temp tree removed
-    assert all(h.proc.returncode is not None for h in spy.helpers)
+    assert None not in _reaped(spy)  # it answered (disk full) and ended, or was killed
 
 
 def test_no_helper_without_a_plain_interpreter_or_with_one_transfer(tmp_path: Path, spy: Spy,
@@ -207,3 +217,100 @@ def test_below_the_threshold_no_process_is_started(tmp_path: Path, spy: Spy,
     assert helper.min_files() == helper.MIN_FILES
     monkeypatch.setenv("fractfs_RESTORE_HELPER_MIN_FILES", "lots")
     assert helper.min_files() == helper.MIN_FILES  # not a number: the default, never a failed restore
+
+
+def _restore_without_second_reads(store: Any, dst: dict[str, Path], transfers: int,
+                                  caplog: pytest.LogCaptureFixture) -> Any:
+    """restore(), checking that no file had to be read twice: a read buffer reused too early shows as bytes
+    that failed verification and were read again (the restore itself would still succeed)."""
+    with caplog.at_level(logging.WARNING, logger="fractfs"):
+        out = restore(store, dst, transfers=transfers, state_dir=dst["root"].parent / "s2")
+    assert not [m for m in caplog.messages if "second read" in m]
+    return out
+
+
+def test_read_buffers_are_reused_and_never_mix_files(tmp_path: Path, spy: Spy, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A mounted store is read into a few buffers the restore reuses (restorer._Inbox): with pieces of 8 KiB
+    and three fetching threads, 600 files go through five buffers again and again, while the helper gets
+    batches cut from them. Every file must still have its own bytes."""
+    src = _app(tmp_path)
+    store = make_store(tmp_path)
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    monkeypatch.setattr(restorer, "_READ_PIECE", 8192)
+    taken: list[int] = []
+    take = restorer._Inbox.take
+
+    def spy_take(self: restorer._Inbox) -> memoryview | None:
+        got = take(self)
+        if got is not None:
+            taken.append(id(got.obj))
+        return got
+
+    monkeypatch.setattr(restorer._Inbox, "take", spy_take)
+    dst = _areas(tmp_path, "fresh")
+    out = _restore_without_second_reads(store, dst, 3, caplog)
+    assert len(out.restored) == 600 and not out.errors and spy.sent > 0
+    assert len(taken) > 100 and len(set(taken)) <= 5
+    assert tree(dst["root"], mtimes=True) == tree(src["root"], mtimes=True)
+    res = checkpoint(store, dst, everything, state_dir=tmp_path / "s2")
+    assert res.snapshot_id is None  # the stat facts recorded match the files
+
+
+def test_bytes_the_helper_finds_damaged_are_read_again(tmp_path: Path, spy: Spy, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Damaged on the way (here: in the batch sent to the helper), a file's bytes are read once more from the
+    store, which has them intact: restored, with the warning of a second read."""
+    src = _app(tmp_path, files=300)
+    store = make_store(tmp_path)
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    send = helper.Helper.send  # the spy's
+    spoiled: list[str] = []
+
+    def send_spoiled(self: helper.Helper, items: list[Any], wire: list[Any], base: int, blob: Any) -> bool:
+        if not spoiled and len(blob):  # not the batch of empty files
+            k = next(i for i, w in enumerate(wire) if w[-1])  # the row's size
+            offset, size = wire[k][-2:]
+            data = bytearray(blob)
+            data[offset - base + size // 2] ^= 0x01
+            blob = bytes(data)
+            spoiled.append(items[k][0].path)
+        return send(self, items, wire, base, blob)
+
+    monkeypatch.setattr(helper.Helper, "send", send_spoiled)
+    dst = _areas(tmp_path, "fresh")
+    with caplog.at_level(logging.WARNING, logger="fractfs"):
+        out = restore(store, dst, state_dir=tmp_path / "s2")
+    assert spoiled and len(out.restored) == 300 and not out.errors
+    assert any("passed on a second read" in m and spoiled[0] in m for m in caplog.messages)
+    assert tree(dst["root"], mtimes=True) == tree(src["root"], mtimes=True)
+
+
+def test_a_batch_the_pipe_cannot_take_at_once_keeps_its_bytes(tmp_path: Path, spy: Spy,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A batch goes to the pipe straight from a read buffer the restore reuses; what the pipe does not take at
+    once must be copied first. Here the pipe keeps its 64 KiB while batches are sized for 1 MiB, so nearly
+    every batch is left partly unsent, and four buffers serve 7 MiB of files."""
+    src = _areas(tmp_path, "app")
+    for i in range(3000):
+        write(src["root"], f"d{i % 9}/f{i}", os.urandom(500 + (i * 131) % 4500))
+    store = make_store(tmp_path)
+    checkpoint(store, src, everything, state_dir=tmp_path / "state")
+    monkeypatch.setattr(helper, "_grow_pipe", lambda fd: 1 << 20)
+    send = helper.Helper.send  # the spy's
+    partial: list[int] = []
+
+    def send_and_look(self: helper.Helper, items: list[Any], wire: list[Any], base: int, blob: Any) -> bool:
+        ok = send(self, items, wire, base, blob)
+        if self.outbuf:
+            partial.append(sum(len(part) for part in self.outbuf))
+        return ok
+
+    monkeypatch.setattr(helper.Helper, "send", send_and_look)
+    dst = _areas(tmp_path, "fresh")
+    out = _restore_without_second_reads(store, dst, 2, caplog)
+    assert len(out.restored) == 3000 and not out.errors and spy.sent > 0
+    assert partial and max(partial) > 64 << 10  # batches were left partly unsent, blob included
+    assert spy.helpers[0].batch_bytes > 256 << 10
+    assert tree(dst["root"]) == tree(src["root"])

@@ -650,3 +650,54 @@ def test_a_tree_that_cannot_be_renamed_into_place_fails_its_files_alone(tmp_path
     rows = statcache.read_rows(tmp_path / "s", hdr, at)
     assert rows is not None and rows["root"]["keep/a"].facts is not None
     assert rows["root"]["lost/c"].facts is None and rows["root"]["lost/deep/d"].facts is None
+
+
+def _packed(path: str, offset: int, size: int) -> tuple[Any, str]:
+    from fractfs.snapshot.format import Entry
+
+    return Entry("root", path, "file", 0o644, size, 0, "0" * 64, "p" * 64, offset), f"/dst/{path}"
+
+
+@pytest.mark.parametrize("piece", [64 << 10, 1 << 20, 1 << 40])
+def test_pack_ranges_cover_every_file_in_bounded_pieces(piece: int) -> None:
+    """The reads of one pack (restorer._pack_ranges): every file inside exactly one read, reads cut at file
+    boundaries to at most ``piece`` (a larger file alone) and _RUN_MAX, the dense start read from byte 0,
+    and no read across the gap before a hostile far-away entry."""
+    from fractfs.snapshot import restorer
+
+    rng = __import__("random").Random(piece)
+    items, off = [], 0
+    for i in range(3000):
+        size = rng.choice([0, 1, 100, 4000, 9000, 300_000 if i % 500 == 0 else 5000])
+        items.append(_packed(f"f{i}", off, size))
+        if i % 97 == 0:
+            items.append(_packed(f"dup{i}", off, size))  # the same bytes twice (deduplicated)
+        off += size
+    items.append(_packed("far", 1 << 40, 10))  # far past the rest: a hostile entry into a sparse pack
+    rng.shuffle(items)
+    ranges = restorer._pack_ranges(items, piece)
+    assert sorted(id(it) for _s, _n, run in ranges for it in run) == sorted(id(it) for it in items)
+    for start, length, run in ranges:
+        assert all(start <= e.offset and e.offset + e.size <= start + length for e, _ in run)
+        assert length <= min(piece, restorer._RUN_MAX) or len(run) == 1 or all(e.offset == start for e, _ in run)
+        assert length <= max(restorer._RUN_MAX, max(e.size for e, _ in run))
+    assert ranges[0][0] == 0
+    assert sum(n for _s, n, _r in ranges) < off + (1 << 21)  # the 1 TiB gap is never read
+    # the pack's first 200 files without their first one: still one read from byte 0 (no read per gap)
+    dense = sorted((it for it in items if it[0].path != "far"), key=lambda it: it[0].offset)[1:200]
+    got = restorer._pack_ranges(dense, piece)
+    assert got[0][0] == 0 and (piece < (1 << 20) or len(got) == 1)
+
+
+def test_a_restore_asked_not_to_list_what_it_restored_still_counts_it(tmp_path: Path) -> None:
+    """init() asks for the number alone (list_restored=False): a million labels would be ~70 MB and a sort."""
+    src = {"root": tmp_path / "src"}
+    for i in range(50):
+        write(src["root"], f"d{i % 5}/f{i}", f"file {i}")
+    (src["root"] / "link").symlink_to("d0/f0")
+    store = make_store(tmp_path)
+    checkpoint(store, src, everything, state_dir=tmp_path / "s1")
+    listed = restore(store, {"root": tmp_path / "a"})
+    counted = restore(store, {"root": tmp_path / "b"}, list_restored=False)
+    assert counted.restored == [] and counted.restored_count == listed.restored_count == len(listed.restored) == 51
+    assert tree(tmp_path / "a") == tree(tmp_path / "b") == tree(src["root"])

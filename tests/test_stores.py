@@ -21,6 +21,7 @@ import pytest
 from fractfs.errors import AlreadyExists, ObjectRejected, StoreError, StoreFull, StoreNotFound
 from fractfs.stores import FsspecStore, PosixStore, Store, open_store
 from fractfs.stores import fsspec as fsspec_mod
+from fractfs.stores.base import get_range_into, reads_into
 from fractfs.stores.transfer import get_many, parallel_map, put_many, retry
 
 # s3: FsspecStore as configured by default (PUT/GET on the lean client, the rest on s3fs/botocore);
@@ -644,3 +645,35 @@ def test_fsspec_full_volume_is_store_full(tmpfs_factory: Callable[..., Path]) ->
     with pytest.raises(StoreFull) as info:
         s.put("big", os.urandom(2 * 1024 * 1024))
     assert info.value.key == "big" and "no space left" in str(info.value)
+
+
+def test_get_range_into_reads_what_get_range_reads(store: Store) -> None:
+    # base.get_range_into: the store's own read into a buffer (PosixStore: preadv) or get_range copied in
+    data = os.urandom(3 << 20)
+    store.put("r/into", data)
+    buf = memoryview(bytearray(1 << 20))
+    assert get_range_into(store, "r/into", 12345, buf) == 1 << 20 and bytes(buf) == data[12345:12345 + (1 << 20)]
+    assert get_range_into(store, "r/into", (3 << 20) - 10, buf) == 10 and bytes(buf[:10]) == data[-10:]
+    assert get_range_into(store, "r/into", 3 << 20, buf) == 0
+    with pytest.raises(StoreNotFound):
+        get_range_into(store, "r/missing", 0, buf)
+    assert (reads_into(store) is not None) == _is_posix(store)
+
+
+def test_only_a_get_range_into_that_reads_like_get_range_is_used(tmp_path: Path) -> None:
+    """A subclass or test double that replaces get_range must see every read (as put_parts and put)."""
+
+    class Counting(PosixStore):
+        reads = 0
+
+        def get_range(self, key: str, start: int, length: int) -> bytes:
+            Counting.reads += 1
+            return super().get_range(key, start, length)
+
+    plain = PosixStore(tmp_path / "a")
+    assert reads_into(plain) is not None
+    counting = Counting(tmp_path / "b")
+    counting.put("k", b"0123456789")
+    assert reads_into(counting) is None
+    buf = memoryview(bytearray(4))
+    assert get_range_into(counting, "k", 3, buf) == 4 and bytes(buf) == b"3456" and Counting.reads == 1

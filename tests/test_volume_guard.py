@@ -11,6 +11,7 @@ import pytest
 
 from fractfs.errors import StoreError, VolumeChanged, VolumeNotMounted
 from fractfs.snapshot import checkpoint, restore
+from fractfs.stores.base import get_range_into, reads_into
 from fractfs.stores.posix import PosixStore
 from fractfs.stores.volume import MARKER_KEY, VolumeGuard, guard
 
@@ -92,12 +93,14 @@ def test_renamed_volume_refuses_every_call_and_recovers(tmp_path: Path) -> None:
     g = guard(PosixStore(vol / "_checkpoint"), vol, ttl=0)
     assert isinstance(g, VolumeGuard)
     g.put("packs/aa/one", b"one")
+    assert reads_into(g) is not None  # the guard keeps the Volume's reads into buffers, checked like the rest
     os.rename(vol, tmp_path / "vol.away")
     calls: list[Callable[[], object]] = [
         lambda: g.put("packs/bb/two", b"two"),
         lambda: g.put_file("objects/cc/big", tmp_path / "vol.away" / "_checkpoint" / MARKER_KEY),
         lambda: g.get("packs/aa/one"),
         lambda: g.get_range("packs/aa/one", 0, 1),
+        lambda: get_range_into(g, "packs/aa/one", 0, memoryview(bytearray(1))),  # the restore's pooled reads
         lambda: g.get_file("packs/aa/one", tmp_path / "out"),
         lambda: list(g.list()),
         lambda: g.size("packs/aa/one"),
@@ -131,6 +134,7 @@ def test_within_the_ttl_the_store_itself_still_refuses(tmp_path: Path) -> None:
     vol.mkdir()
     g = guard(PosixStore(vol / "_checkpoint"), vol, ttl=3600)
     g.put("packs/aa/one", b"one")
+    assert reads_into(g) is not None  # the guard keeps the Volume's reads into buffers, checked like the rest
     os.rename(vol, tmp_path / "vol.away")
     vol.mkdir()
     with pytest.raises(VolumeNotMounted):

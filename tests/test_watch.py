@@ -52,3 +52,28 @@ def test_wanted_changes_are_reported_unwanted_ones_are_not(tmp_path: Path) -> No
     seen.clear()
     (top / "sub" / "a.txt").write_text("after stop")
     assert not _wait(seen, 0.3)
+
+
+def test_a_watcher_set_up_in_the_background_reports_one_change_once_ready(tmp_path: Path) -> None:
+    """init() starts the watcher with background=True: the watches are set on its thread, and a change made
+    before they were in place would go unseen, so it reports one change when ready (the checkpoint that
+    follows walks the trees). After that it reports real changes as usual."""
+    top = tmp_path / "root"
+    for i in range(30):
+        (top / f"d{i}" / "sub").mkdir(parents=True)
+    calls: list[float] = []
+    w = watch.TreeWatcher({"root": top}, lambda area, rel, is_dir: True, lambda: calls.append(time.monotonic()))
+    w.start(background=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(calls) == 1 and w.watched == 61 and w.running
+        time.sleep(0.3)
+        assert len(calls) == 1  # nothing changed since
+        (top / "d7" / "sub" / "new.txt").write_text("x")
+        while len(calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(calls) == 2
+    finally:
+        w.stop()

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from .errors import CheckpointAborted, FractfsError, LeaseHeld
 from .lease import Lease, LeaseKeeper
-from .snapshot import catalog, engine
-from .snapshot.engine import CheckpointResult, Options
+from .snapshot import catalog
+from .snapshot.options import Options
 from .snapshot.scan import Want
 from .snapshot.statcache import StateLock
 from .stores.base import Store
@@ -28,6 +28,7 @@ from .stores.wrappers import AbortableStore, abortable
 if TYPE_CHECKING:
     from .budget import Budget
     from .config import Config
+    from .snapshot.engine import CheckpointResult
 
 log = logging.getLogger("fractfs")
 
@@ -238,6 +239,8 @@ class Checkpointer:
     def _prepare_and_commit(self, store: AbortableStore, deadline: Optional[float], state_dir: Path,
                             hold: bool, kind: str) -> Optional[CheckpointResult]:
         """The engine's two steps under the state lock; None when the commit had to be held back."""
+        from .snapshot import engine  # here, not at the top: a cold start does not wait for it (options.py)
+
         opts = Options(content_hash=self.options.content_hash, node_id=self.options.node_id,
                        transfers=self.options.transfers, keep=self.options.keep, pack_size=self.options.pack_size,
                        deadline=deadline, large_file=self.options.large_file)
@@ -335,6 +338,7 @@ def one_shot(config: Config, store: Store, want: Want, *, node_id: str, force: b
     the same prepare -> fence -> commit as the app, release the lease. Raises LeaseHeld (see
     :func:`exclusive_lease`) unless ``force``."""
     from .selection import areas_for
+    from .snapshot import engine
 
     opts = options_for(config, node_id, content_hash=content_hash)
     with exclusive_lease(store, node_id, config.lease_timeout, force=force) as keeper:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-import difflib
 import logging
 import os
 import posixpath
@@ -287,6 +286,8 @@ def _check_path_length(path: str, where: str) -> None:
 
 
 def _suggest(key: str, known: Sequence[str]) -> str:
+    import difflib  # here: only a mistyped key needs it
+
     close = difflib.get_close_matches(key, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

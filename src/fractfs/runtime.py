@@ -40,6 +40,7 @@ from .ownership import ensure_private_dir
 from .redact import redact_value
 from .report import STATUS_FILE, iso_utc
 from .selection import Selection, areas_for, detect_bundle, load_bundle, save_bundle
+from .snapshot import gcpause
 from .tiers import Tier, TierResolver
 
 if TYPE_CHECKING:
@@ -65,6 +66,10 @@ WRITER, STANDBY, FORKED = "writer", "standby", "forked-child"
 _live: weakref.WeakSet[Runtime] = weakref.WeakSet()
 
 
+
+
+def _import_engine() -> None:
+    from .snapshot import engine  # noqa: F401 - imported for later (see _start_writer)
 
 
 class Runtime:
@@ -136,7 +141,12 @@ class Runtime:
         self.nodelock.begin_start()
         try:
             if self.nodelock.try_acquire():
-                self._start_writer(force=force, restore=restore, start_daemon=start_daemon)
+                # The cyclic collector stays off through the whole cold start, not only while decoding and
+                # restoring (snapshot/gcpause.py): turned on in between, its first pass walked every object the
+                # restore had made, 15 ms of init() at 20 000 files and 90 ms at 100 000. After init() most of
+                # those are freed, and the pass that remains is short, off the app's path.
+                with gcpause.paused():
+                    self._start_writer(force=force, restore=restore, start_daemon=start_daemon)
             else:
                 self._start_standby(force=force)
         except BaseException:
@@ -231,6 +241,11 @@ class Runtime:
         finally:
             if self._seeding is not None:
                 self._seeding.start()  # the stat cache, last (see snapshot.restore): it holds the state lock
+        # init() does not import the checkpoint engine (snapshot/options.py); this thread does, right away, so
+        # that no checkpoint imports it later. The one at SIGTERM, the only one with sync_interval = 0, would
+        # otherwise import it while the interrupted main thread might hold the import lock of a module the
+        # engine needs, and wait for it.
+        threading.Thread(target=_import_engine, name="fractfs-import", daemon=True).start()
         log.info("fractfs: ready (root %s, store %s, %s sync, %d bundle files ignored%s)",
                  cfg.root, cfg.checkpoint_location, self.sync_mode, len(self.bundle),
                  "" if not start_daemon or self.lease.held else ", read-only: another node holds the lease")
@@ -347,7 +362,7 @@ class Runtime:
             assert self.daemon is not None
             watcher = watch.TreeWatcher(areas_for(self.config), self.selection(), self.daemon.notify_change)
             try:
-                watcher.start()
+                watcher.start(background=True)
             except (watch.WatchUnavailable, OSError) as exc:
                 watcher.stop()
                 watcher, why = None, str(exc)
@@ -368,13 +383,14 @@ class Runtime:
 
         started = time.monotonic()
         res = snapshot.restore(self.store, areas_for(self.config), transfers=self.config.transfers,
-                               state_dir=self.config.state_dir, manifest=newest, seed_in_background=True)
+                               state_dir=self.config.state_dir, manifest=newest, seed_in_background=True,
+                               list_restored=False)
         self._seeding = res.seeding
         if newest is not None:
             res.fell_back_from = list(damaged)
         info = {
             "snapshot_id": res.snapshot_id,
-            "restored": len(res.restored),
+            "restored": res.restored_count,
             "skipped_existing": len(res.skipped_existing),
             "refused": list(res.refused),
             "errors": list(res.errors),
@@ -389,7 +405,7 @@ class Runtime:
         if res.snapshot_id:
             self.stats.last_snapshot_id = res.snapshot_id
             log.info("fractfs: restored %d files from snapshot %s in %.2fs (%d already present)",
-                     len(res.restored), res.snapshot_id, info["duration"], len(res.skipped_existing))
+                     res.restored_count, res.snapshot_id, info["duration"], len(res.skipped_existing))
         return info
 
     # -- the lease -------------------------------------------------------------------------------------

@@ -7,10 +7,14 @@ directory the restore made (open exclusive without following links, write, mode,
 answers with one result per file. It stops at the end of its input: when the restoring process goes away,
 so does it.
 
-Messages in both directions are an 8-byte little-endian length followed by a marshal payload.
-A batch is ``(batch_id, [(dir_path, name, create_mode, chmod, mtime_ns, sha256_hex, data), ...])``, where
-``chmod`` is the mode to set after creating the file, or -1 when the umask left ``create_mode`` intact.
-A reply is ``(batch_id, [result, ...])`` with per file: the stat facts
+A batch is a 16-byte header (two little-endian 8-byte lengths: the marshal part, the blob), then a marshal
+payload ``(batch_id, base, [(dir_path, name, create_mode, chmod, mtime_ns, sha256_hex, offset, size), ...])``,
+then the blob: the bytes of the batch's files, one file's being ``blob[offset - base:][:size]``. ``chmod``
+is the mode to set after creating the file, or -1 when the umask left ``create_mode`` intact. The blob is read
+into one buffer reused for every batch, and files are written from slices of it: no copy per file, and no
+fresh memory per batch (see helper.py).
+A reply is an 8-byte little-endian length and a marshal payload ``(batch_id, [result, ...])`` with per file:
+the stat facts
 ``(st_mode, st_size, st_mtime_ns, st_ino, st_ctime_ns)`` when written, ``None`` when the bytes did not match
 their sha256 (nothing was created: the parent reads them again), or ``(errno, strerror)`` when a system call
 failed (nothing is left behind).
@@ -44,15 +48,26 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
-def write_batch(items: list[tuple[Any, ...]]) -> list[Any]:
+def _read_into(fd: int, view: memoryview) -> bool:
+    got = 0
+    while got < len(view):
+        n = os.readv(fd, [view[got:]])
+        if not n:
+            return False
+        got += n
+    return True
+
+
+def write_batch(items: list[tuple[Any, ...]], base: int, blob: memoryview) -> list[Any]:
     out: list[Any] = []
     sha256 = hashlib.sha256
     o_open, o_write, o_close, o_utime, o_fstat = os.open, os.write, os.close, os.utime, os.fstat
     dfd = -1
     dpath = ""
     try:
-        for dir_path, name, create_mode, chmod, mtime_ns, digest, data in items:
-            if sha256(data).hexdigest() != digest:
+        for dir_path, name, create_mode, chmod, mtime_ns, digest, offset, size in items:
+            data = blob[offset - base:offset - base + size] if offset >= base else b""
+            if len(data) != size or sha256(data).hexdigest() != digest:
                 out.append(None)
                 continue
             fd = -1
@@ -93,15 +108,24 @@ def write_batch(items: list[tuple[Any, ...]]) -> list[Any]:
 
 def main() -> int:
     rfd, wfd = sys.stdin.fileno(), sys.stdout.fileno()
+    buf = bytearray()
     while True:
-        head = _read_exact(rfd, 8)
+        head = _read_exact(rfd, 16)
         if head is None:
             return 0
-        body = _read_exact(rfd, int.from_bytes(head, "little"))
+        body = _read_exact(rfd, int.from_bytes(head[:8], "little"))
         if body is None:
             return 0
-        batch_id, items = marshal.loads(body)
-        reply = marshal.dumps((batch_id, write_batch(items)), 4)
+        nblob = int.from_bytes(head[8:], "little")
+        if nblob > len(buf):
+            buf = bytearray(nblob)  # a new one, not a resize: no view of the old one is alive here anyway
+        with memoryview(buf) as view:
+            blob = view[:nblob]
+            if not _read_into(rfd, blob):
+                return 0
+            batch_id, base, items = marshal.loads(body)
+            reply = marshal.dumps((batch_id, write_batch(items, base, blob)), 4)
+            blob.release()
         write_all(wfd, len(reply).to_bytes(8, "little") + reply)
 
 

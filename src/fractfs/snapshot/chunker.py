@@ -14,6 +14,7 @@ and measured slower still (~2 MB/s: every big-integer pass costs ~3 ns per 30-bi
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -125,7 +126,10 @@ def _cut_reference(buf: Buffer, params: Params = FORMAT_PARAMS) -> int:
 
 
 
-def _load_native() -> Any:
+@functools.lru_cache(maxsize=None)
+def _native() -> Any:
+    """pyfastcdc's compiled chunker class, or None. Imported on first use, not with this module: a restore
+    reads FORMAT_PARAMS from here and never chunks (the import is about 5 ms of a cold start)."""
     try:
         # the `fast` extra; only the compiled class: the package's own pure fallback is no faster than ours
         from pyfastcdc.cy import FastCDC
@@ -133,14 +137,12 @@ def _load_native() -> Any:
         return None
     return FastCDC
 
-
-_NATIVE = _load_native()
 _warned_slow = False
 
 
 def native_available() -> bool:
     """True when the `fast` extra (pyfastcdc's compiled chunker) is importable."""
-    return _NATIVE is not None
+    return _native() is not None
 
 
 class _Cutter:
@@ -148,11 +150,11 @@ class _Cutter:
 
     def __init__(self, params: Params, native: Optional[bool]) -> None:
         use_native = native_available() if native is None else native
-        if use_native and _NATIVE is None:
+        if use_native and _native() is None:
             raise RuntimeError("pyfastcdc is not installed (a dependency of fractfs): pip install pyfastcdc")
         self.params = params
         self._fast = (
-            _NATIVE(params.avg_size, min_size=params.min_size, max_size=params.max_size,
+            _native()(params.avg_size, min_size=params.min_size, max_size=params.max_size,
                     normalized_chunking=params.normalization, seed=0)
             if use_native else None
         )

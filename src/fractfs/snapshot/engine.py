@@ -37,7 +37,7 @@ from ..localfile import private_dir, unlink_if_present, write_replace
 from ..stores.base import Store
 from ..stores.wrappers import abortable
 from . import capture, catalog, diff, manifests, scan, statcache, unrestored
-from .capture import MiB, CaptureContext, Captured, Readers
+from .capture import CaptureContext, Captured, Readers
 from .diff import Base, Changes, Key
 from .format import (
     FILE,
@@ -51,6 +51,7 @@ from .format import (
     valid_area,
 )
 from .manifest2 import MAX_CHUNK
+from .options import LARGE_FILE, PACK_SIZE, Options
 from .packer import MISSED, REJECTED, Known, Packer
 from .scan import S_IFDIR, S_IFLNK, S_IFREG, WalkResult, Want
 from .statcache import CacheHeader, Rows, StateLock
@@ -58,9 +59,7 @@ from .xfer import check_stored
 
 log = logging.getLogger("fractfs")
 
-#: Files at least this big are chunked while they are read (streamed into packs); smaller ones are read into
-#: memory on the reader threads and chunked there.
-LARGE_FILE = 8 * MiB
+_DEFAULT_OPTIONS = Options()
 
 PathLike = Union[str, "os.PathLike[str]"]
 #: Called right before the manifest is written; raises (LeaseLost, CheckpointAborted) to refuse the commit.
@@ -100,19 +99,6 @@ class CheckpointResult:
     parent: str | None = None
     #: Entries a restore could not write, kept from the previous snapshot (see :mod:`.unrestored`).
     kept_unrestored: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Options:
-    """How to checkpoint (see :func:`checkpoint` for each)."""
-
-    content_hash: bool = False
-    node_id: str = ""
-    transfers: int = 16
-    keep: int = 10
-    pack_size: int = 16 * MiB
-    deadline: float | None = None
-    large_file: int = LARGE_FILE
 
 
 @dataclass
@@ -165,7 +151,7 @@ def checkpoint(
     node_id: str = "",
     transfers: int = 16,
     keep: int = 10,
-    pack_size: int = 16 * MiB,
+    pack_size: int = PACK_SIZE,
     deadline: float | None = None,
     large_file: int = LARGE_FILE,
     fence: Fence = no_fence,
@@ -222,7 +208,7 @@ class _Look:
 
 
 def prepare(store: Store, areas: dict[str, Path], want: Want | None, state_dir: Path,
-            opts: Options = Options()) -> Prepared:
+            opts: Options = _DEFAULT_OPTIONS) -> Prepared:
     """Everything of a checkpoint but the commit (see the module docstring). The caller holds
     ``StateLock(state_dir)`` until it has called :func:`commit` or dropped the result."""
     t0 = time.monotonic()

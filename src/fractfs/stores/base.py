@@ -72,6 +72,7 @@ def put_parts(store: Store, key: str, parts: Parts, *, exclusive: bool = False) 
 
 
 _F = TypeVar("_F", bound=Callable[..., None])
+_R = TypeVar("_R", bound=Callable[..., int])
 
 
 def writes_like(put: Callable[..., None]) -> Callable[[_F], _F]:
@@ -80,6 +81,42 @@ def writes_like(put: Callable[..., None]) -> Callable[[_F], _F]:
         fn._writes_like = put  # type: ignore[attr-defined]
         return fn
     return mark
+
+
+def reads_like(get_range: Callable[..., bytes]) -> Callable[[_R], _R]:
+    """Mark a class's ``get_range_into`` as reading exactly what its ``get_range`` (given) reads (see
+    :func:`reads_into`)."""
+    def mark(fn: _R) -> _R:
+        fn._reads_like = get_range  # type: ignore[attr-defined]
+        return fn
+    return mark
+
+
+def reads_into(store: Store) -> Callable[[str, int, memoryview], int] | None:
+    """The store's ``get_range_into(key, start, into)``, bound, when its class reads into a caller's buffer
+    itself; else None (the caller then uses ``get_range``).
+
+    ``get_range_into`` reads ``len(into)`` bytes from ``start`` (fewer at the end of the object) and returns
+    how many it read. A restore reads packs into buffers it reuses this way (:mod:`..snapshot.restorer`):
+    reading 89 MiB into fresh memory cost 70-85 ms of page faults on tmpfs, into reused buffers 17-21 ms.
+    As with :func:`put_parts`, only one marked as reading like the ``get_range`` the store's class has now
+    counts (:func:`reads_like`): a wrapper or a test that replaces ``get_range`` is never bypassed."""
+    cls = type(store)
+    fn = _class_attr(cls, "get_range_into")
+    if fn is not None and getattr(fn, "_reads_like", None) is _class_attr(cls, "get_range"):
+        return getattr(store, "get_range_into")  # type: ignore[no-any-return]  # noqa: B009
+    return None
+
+
+def get_range_into(store: Store, key: str, start: int, into: memoryview) -> int:
+    """``store``'s own get_range_into when it has one (:func:`reads_into`), else get_range copied into
+    ``into``: the number of bytes read."""
+    fn = reads_into(store)
+    if fn is not None:
+        return fn(key, start, into)
+    data = store.get_range(key, start, len(into))
+    into[:len(data)] = data
+    return len(data)
 
 
 def _class_attr(cls: type, name: str) -> Any:

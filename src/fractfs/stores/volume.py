@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AlreadyExists, StoreError, StoreNotFound, VolumeChanged, VolumeNotMounted
-from .base import Parts, Store, put_parts, writes_like
+from .base import Parts, Store, get_range_into, put_parts, reads_like, writes_like
 from .posix import PosixStore
 
 log = logging.getLogger("fractfs")
@@ -191,6 +191,11 @@ class VolumeGuard:
     def get_range(self, key: str, start: int, length: int) -> bytes:
         self.check()
         return self.inner.get_range(key, start, length)
+
+    @reads_like(get_range)
+    def get_range_into(self, key: str, start: int, into: memoryview) -> int:
+        self.check()
+        return get_range_into(self.inner, key, start, into)
 
     def get_file(self, key: str, path: Path) -> None:
         self.check()
