@@ -325,3 +325,33 @@ def test_the_checkpoint_engine_is_imported_after_init_not_by_a_later_checkpoint(
         fractfs.shutdown(final_sync=False)
     """, fractfs_SYNC_INTERVAL="0")
     assert out == {"engine": True, "syncs": 0}
+
+
+def test_a_fork_right_after_init_waits_for_the_engine_import(tmp_path: Path, volume: Path) -> None:
+    """Web servers fork right after start-up, while init()'s import thread may still import the engine. A
+    child forked then would hold that thread's import locks without the thread, and its own first import of
+    one of those modules would hang; so a fork waits for the thread. Here a one-second module stands in for
+    the engine's import chain, and the child imports it too."""
+    (tmp_path / "slowmod.py").write_text("import time\ntime.sleep(1.0)\n")
+    node = Node(tmp_path, volume)
+    out = node.run(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import fractfs.runtime
+
+        def slow_import():
+            import slowmod  # noqa: F401
+
+        fractfs.runtime._import_engine = slow_import
+        fractfs.init()
+        pid = os.fork()
+        if pid == 0:
+            import signal
+            signal.alarm(10)  # a hang ends as SIGALRM
+            import slowmod  # noqa: F401
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({{"child": os.waitstatus_to_exitcode(status)}}))
+        fractfs.shutdown(final_sync=False)
+    """)
+    assert out == {"child": 0}

@@ -117,6 +117,7 @@ class Runtime:
         self._volume_problem: Optional[tuple[str, str]] = None
         self._lease_lost: Optional[str] = None
         self._start_daemon = False
+        self._importing: Optional[threading.Thread] = None  # see _start_writer and _before_fork
         _live.add(self)
 
     # -- start-up --------------------------------------------------------------------------------------
@@ -245,7 +246,8 @@ class Runtime:
         # that no checkpoint imports it later. The one at SIGTERM, the only one with sync_interval = 0, would
         # otherwise import it while the interrupted main thread might hold the import lock of a module the
         # engine needs, and wait for it.
-        threading.Thread(target=_import_engine, name="fractfs-import", daemon=True).start()
+        self._importing = threading.Thread(target=_import_engine, name="fractfs-import", daemon=True)
+        self._importing.start()
         log.info("fractfs: ready (root %s, store %s, %s sync, %d bundle files ignored%s)",
                  cfg.root, cfg.checkpoint_location, self.sync_mode, len(self.bundle),
                  "" if not start_daemon or self.lease.held else ", read-only: another node holds the lease")
@@ -853,9 +855,18 @@ def load(root: Optional[Union[str, "os.PathLike[str]"]]) -> Config:
     return load_config(Path(os.fspath(root)) if root is not None else None)
 
 
+def _before_fork() -> None:
+    # A fork while that thread imports would leave the child holding import locks of a thread it does not have:
+    # the child's first import of one of those modules (sqlite3, say) would wait forever. Web servers fork
+    # right after the app's start-up, when the import is likely still running (20-30 ms).
+    for rt in list(_live):
+        if rt._importing is not None and rt._importing.is_alive():
+            rt._importing.join(10)
+
+
 def _after_fork_in_child() -> None:
     for rt in list(_live):
         rt._forked()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
