@@ -688,17 +688,22 @@ def test_a_cold_start_that_takes_over_decodes_only_the_newest_snapshot(tmp_path:
     decode per snapshot and half a second each at 100 000 files, just to decide on a warning."""
     vol = str(tmp_path / "vol")
     a, b, c = App(tmp_path, vol, "a"), App(tmp_path, vol, "b"), App(tmp_path, vol, "c")
-    node_a = a.spawn("""
-        fractfs.init()
-        for i in range(4):
-            put("state.txt", f"A{i}")
-            fractfs.sync_now()
-        out(event="ready")
-        time.sleep(60)
-    """, fractfs_LEASE_TIMEOUT="1.6")
-    node_a.expect("event", "ready")
-    node_a.signal(signal.SIGKILL)
-    node_a.finish()
+
+    def a_checkpoints_then_dies(states: list[str]) -> None:
+        """Node A checkpoints each state in turn, then is killed holding the lease."""
+        node_a = a.spawn(f"""
+            fractfs.init()
+            for text in {states!r}:
+                put("state.txt", text)
+                fractfs.sync_now()
+            out(event="ready")
+            time.sleep(60)
+        """, fractfs_LEASE_TIMEOUT="1.6")
+        node_a.expect("event", "ready")
+        node_a.signal(signal.SIGKILL)
+        node_a.finish()
+
+    a_checkpoints_then_dies([f"A{i}" for i in range(4)])
     code = """
         from fractfs.snapshot import catalog
         loads = []
@@ -729,16 +734,7 @@ def test_a_cold_start_that_takes_over_decodes_only_the_newest_snapshot(tmp_path:
     # one decode: the restore's (the newest snapshot is the restored one: the takeover's check lists names)
     assert len(got["loads"]) == 1 and got["text"] == "A3" and got["warned"] == [], got
     # a node that keeps its local state instead (restore=False) is warned that it will overwrite A's
-    node_a = a.spawn("""
-        fractfs.init()
-        put("state.txt", "A4")
-        fractfs.sync_now()
-        out(event="ready")
-        time.sleep(60)
-    """, fractfs_LEASE_TIMEOUT="1.6")
-    node_a.expect("event", "ready")
-    node_a.signal(signal.SIGKILL)
-    node_a.finish()
+    a_checkpoints_then_dies(["A4"])
     got = c.run(code.replace("RESTORE", "False"), fractfs_LEASE_TIMEOUT="1.6")
     assert got["takeovers"] == 1 and got["text"] is None, got
     # the newest snapshot only (init(), the takeover's check of who wrote it, the checkpoint that follows):
